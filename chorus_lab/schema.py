@@ -376,7 +376,10 @@ def encode(obj: Any) -> bytes:
         data = json.dumps(to_dict(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SchemaError("<message>", f"cannot be encoded as JSON: {exc}") from None
-    raw = data.encode()
+    try:
+        raw = data.encode()
+    except UnicodeEncodeError as exc:
+        raise SchemaError("<message>", f"holds text that is not valid Unicode (lone surrogate at position {exc.start})") from None
     if len(raw) > MAX_MESSAGE_BYTES:
         raise SchemaError("<message>", f"encoded size {len(raw)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
     return raw

@@ -1,0 +1,309 @@
+"""The ``chorus-lab`` command: a thin layer over the Python API.
+
+Every command that touches the bus takes ``--bus URL`` (default ``$CHORUS_BUS``, else the
+embedded bus under ``.chorus/bus``). Errors are printed as one line naming what is wrong,
+with exit status 1 (2 for a wrong command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from chorus_lab import config
+from chorus_lab.bus import BusError, TopicPartition, open_bus, resolve_bus_url
+from chorus_lab.schema import SchemaError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except (BusError, SchemaError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"chorus-lab: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chorus-lab", description="Watch a fleet of autonomous agents in real time.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def bus_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--bus", help=f"bus URL (default: ${'{'}CHORUS_BUS{'}'} or {resolve_bus_url(None)})")
+
+    topics = command("topics", _topics, "create or describe chorus-lab's topics")
+    topics.add_argument("action", choices=["create", "describe"])
+    bus_option(topics)
+    topics.add_argument("--partitions", type=int, default=config.DEFAULT_PARTITIONS, help="partitions per topic (default %(default)s)")
+    topics.add_argument("--retention", action="append", default=[], metavar="TOPIC=DURATION", help="retention of a topic, e.g. system-alerts=365d or forever")
+
+    produce = command("produce", _produce, "send agent messages from a JSON-lines file to agent-messages-raw")
+    produce.add_argument("file", type=Path, help="one AgentMessage JSON object per line ('-' for standard input)")
+    bus_option(produce)
+    produce.add_argument("--spool-dir", type=Path, default=Path(".chorus/spool"), help="local spool for undelivered messages (default %(default)s)")
+    produce.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for delivery at the end (default %(default)s)")
+
+    tail = command("tail", _tail, "print agent messages as they are consumed")
+    bus_option(tail)
+    tail.add_argument("--topic", default=config.RAW)
+    tail.add_argument("--max", type=int, default=0, help="stop after this many messages (default: run until Ctrl-C)")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
+
+    simulate = command("simulate", _simulate, "generate a labelled agent fleet's messages into a file or onto the bus")
+    simulate.add_argument("--agents", type=int, default=50)
+    simulate.add_argument("--messages", type=int, default=10_000, help="benign messages to generate")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--scenarios", default="", help="e.g. routing_loop=2,byzantine=1 (default: none)")
+    simulate.add_argument("--out", type=Path, help="write messages to this JSON-lines file")
+    simulate.add_argument("--labels", type=Path, help="write ground-truth labels to this JSON-lines file")
+    bus_option(simulate)
+    simulate.add_argument("--rate", type=float, default=0.0, help="messages per second onto the bus (0: as fast as possible)")
+
+    demo = command("demo", _demo, "simulate a fleet, send it through the bus and show it live")
+    bus_option(demo)
+    demo.add_argument("--agents", type=int, default=50)
+    demo.add_argument("--rate", type=float, default=50.0, help="messages per second (default %(default)s)")
+    demo.add_argument("--messages", type=int, default=0, help="stop after this many messages (default: run until Ctrl-C)")
+    demo.add_argument("--seed", type=int, default=0)
+
+    broker = command("broker", _broker, "install, start, stop or inspect a local Apache Kafka broker")
+    broker.add_argument("action", choices=["install", "start", "stop", "status"])
+    broker.add_argument("--home", type=Path, default=Path(".chorus/broker"), help="state and data directory (default %(default)s)")
+    broker.add_argument("--port", type=int, default=9092, help="PLAINTEXT port on 127.0.0.1 (default %(default)s)")
+    broker.add_argument("--sasl", action="store_true", help="also open a SASL_SSL/PLAIN listener with a self-signed certificate")
+    return parser
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def _topics(args: argparse.Namespace) -> int:
+    bus = open_bus(args.bus)
+    specs = config.topic_specs(args.partitions, config.parse_retention(args.retention))
+    admin = bus.admin()
+    if args.action == "create":
+        created = admin.create_topics(specs)
+        print(f"{bus.url}: created {len(created)} topic(s), {len(specs) - len(created)} already matched their spec")
+        for name in created:
+            print(f"  + {name}")
+        return 0
+    status = 0
+    print(f"{'topic':32} {'partitions':>10} {'retention':>12} {'cleanup':>8}  status")
+    for spec in specs:
+        description = admin.describe(spec.name)
+        if description is None:
+            print(f"{spec.name:32} {'-':>10} {'-':>12} {'-':>8}  missing")
+            status = 1
+            continue
+        differences = description.differences(spec)
+        retention = description.config.get("retention.ms", "?")
+        shown = "forever" if retention == "-1" else _human_ms(int(retention)) if retention.isdigit() else retention
+        print(
+            f"{spec.name:32} {description.partitions:>10} {shown:>12} {description.config.get('cleanup.policy', '?'):>8}  "
+            + ("ok" if not differences else "differs: " + "; ".join(differences))
+        )
+        status = status or (1 if differences else 0)
+    return status
+
+
+def _human_ms(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+# --------------------------------------------------------------------------- produce
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from chorus_lab.client import AgentClient
+    from chorus_lab.deadletter import DeadLetter
+
+    bus = open_bus(args.bus)
+    bus.admin().create_topics([s for s in config.topic_specs() if s.name in (config.RAW, config.DLQ)])
+    stream = sys.stdin.buffer if str(args.file) == "-" else args.file.open("rb")
+    accepted = invalid = 0
+    first_errors: list[str] = []
+    with AgentClient(bus, spool_dir=args.spool_dir) as client, stream:
+        for number, line in enumerate(tqdm(stream, desc="produce", unit=" msg", disable=None), start=1):
+            if not line.strip():
+                continue
+            try:
+                client.send(_loads(line))
+                accepted += 1
+            except SchemaError as exc:
+                invalid += 1
+                client.send_dead_letter(DeadLetter.from_exception(exc, stage="decode", source=f"file:{args.file}:{number}", value=line.rstrip(b"\r\n")))
+                if len(first_errors) < 5:
+                    first_errors.append(f"line {number}: {exc}")
+        left = client.flush(args.timeout)
+    print(f"{accepted} message(s) sent to {config.RAW} on {bus.url}; {invalid} invalid line(s) sent to {config.DLQ}")
+    for error in first_errors:
+        print(f"  {error}")
+    if left:
+        print(f"{left} record(s) not yet acknowledged stay in the spool {args.spool_dir}; they are sent on the next run", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _loads(line: bytes) -> dict:
+    from chorus_lab.schema import load_json
+
+    return load_json(line)
+
+
+# --------------------------------------------------------------------------- tail and demo
+
+
+def _format_message(value: bytes | None) -> str:
+    from chorus_lab.schema import decode_agent_message
+
+    try:
+        message = decode_agent_message(value or b"")
+    except SchemaError as exc:
+        return f"!! undecodable record: {exc}"
+    content = message.content
+    what = " ".join(str(content[k]) for k in ("action", "resource", "amount", "task_id") if k in content)
+    targets = ",".join(message.target_agents[:3]) + ("…" if len(message.target_agents) > 3 else "")
+    return f"{message.timestamp:%H:%M:%S.%f}"[:-3] + f"  {message.agent_id:>12} → {targets:<28} {message.message_type:<9} {what}"
+
+
+def _follow(bus_url: str | None, topic: str, *, from_beginning: bool, limit: int, stop: threading.Event) -> int:
+    bus = open_bus(bus_url)
+    shown = 0
+    with bus.consumer(None, auto_offset_reset="earliest" if from_beginning else "latest") as consumer:
+        description = bus.admin().describe(topic)
+        if description is None:
+            raise BusError(f"topic {topic} does not exist on {bus.url}; run `chorus-lab topics create`")
+        consumer.assign({TopicPartition(topic, p): None for p in range(description.partitions)})
+        while not stop.is_set() and (limit <= 0 or shown < limit):
+            for record in consumer.consume(500, timeout=0.5):
+                print(_format_message(record.value), flush=True)
+                shown += 1
+    return shown
+
+
+def _tail(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _follow(args.bus, args.topic, from_beginning=args.from_beginning, limit=args.max, stop=stop)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from chorus_lab import simulate
+
+    sim_config = simulate.SimulationConfig(agents=args.agents, messages=args.messages, seed=args.seed, scenarios=simulate.parse_scenarios(args.scenarios))
+    simulation = simulate.simulate(sim_config)
+    if args.out:
+        labels = args.labels or args.out.with_suffix(".labels.jsonl")
+        simulate.write_jsonl(simulation, args.out, labels)
+        print(f"{len(simulation.messages)} messages → {args.out}; {len(simulation.labels)} labels → {labels}")
+        return 0
+    _send_paced(args.bus, simulation.messages, args.rate, threading.Event())
+    print(f"{len(simulation.messages)} messages sent to {config.RAW} on {resolve_bus_url(args.bus)}")
+    return 0
+
+
+def _send_paced(bus_url: str | None, messages: Sequence, rate: float, stop: threading.Event) -> int:
+    """Send ``messages`` at ``rate`` per second (0: as fast as possible); return how many."""
+    from chorus_lab.client import AgentClient
+
+    bus = open_bus(bus_url)
+    bus.admin().create_topics([s for s in config.topic_specs() if s.name in (config.RAW, config.DLQ)])
+    sent = 0
+    started = time.monotonic()
+    with AgentClient(bus, spool_dir=Path(".chorus/spool")) as client:
+        for message in messages:
+            if stop.is_set():
+                break
+            client.send(message)
+            sent += 1
+            if rate > 0:
+                ahead = started + sent / rate - time.monotonic()
+                if ahead > 0:
+                    client.pump()
+                    stop.wait(ahead)
+    return sent
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from chorus_lab import simulate
+
+    bus = open_bus(args.bus)
+    created = bus.admin().create_topics(config.topic_specs())
+    print(f"chorus-lab demo on {bus.url} ({len(created)} topics created). Ctrl-C to stop.", flush=True)
+    total = args.messages or 1_000_000
+    simulation = simulate.simulate(
+        simulate.SimulationConfig(agents=args.agents, messages=total, seed=args.seed, scenarios=simulate.parse_scenarios("routing_loop=1,byzantine=1,resource_hoarding=1"))
+    )
+    messages = simulation.messages[: total]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    sender = threading.Thread(target=_send_paced, args=(bus.url, messages, args.rate, stop), name="demo-sender", daemon=True)
+    sender.start()
+    try:
+        shown = _follow(bus.url, config.RAW, from_beginning=False, limit=len(messages), stop=stop)
+    finally:
+        stop.set()
+        sender.join(timeout=15)
+    print(f"{shown} messages went through {bus.url}.")
+    return 0
+
+
+# --------------------------------------------------------------------------- broker
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from chorus_lab import broker
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    if args.action == "install":
+        libs = broker.install(progress=progress)
+        print(f"Apache Kafka {broker.KAFKA_VERSION} installed in {libs}")
+        return 0
+    if args.action == "start":
+        info = broker.start_detached(args.home, sasl=args.sasl, port=args.port, progress=progress)
+        print(f"Kafka {broker.KAFKA_VERSION} running (pid {info.pid}): --bus {info.bus_url}")
+        if info.sasl_bootstrap:
+            print(f"SASL_SSL listener: {info.sasl_bootstrap} user {info.sasl_username}, CA {info.ca_file}, password in {args.home / 'sasl-password'}")
+        return 0
+    if args.action == "stop":
+        stopped = broker.stop_detached(args.home)
+        print("broker stopped" if stopped else f"no broker running from {args.home}")
+        return 0
+    info = broker.status(args.home)
+    if info is None:
+        print(f"no broker running from {args.home}")
+        return 1
+    print(f"running (pid {info.pid}): --bus {info.bus_url}; log {info.log_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
