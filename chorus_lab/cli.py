@@ -13,12 +13,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chorus_lab import config
 from chorus_lab.bus import BusError, TopicPartition, open_bus, resolve_bus_url
-from chorus_lab.schema import SchemaError
+from chorus_lab.schema import AgentMessage, SchemaError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -28,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # librdkafka repeats each connection problem while it retries; our errors name it once.
+        logging.getLogger("chorus_lab.librdkafka").setLevel(logging.CRITICAL)
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -66,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail = command("tail", _tail, "print agent messages as they are consumed")
     bus_option(tail)
     tail.add_argument("--topic", default=config.RAW)
-    tail.add_argument("--max", type=int, default=0, help="stop after this many messages (default: run until Ctrl-C)")
+    tail.add_argument("--max", type=int, default=0, help="stop after this many records (default: run until Ctrl-C)")
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
 
     simulate = command("simulate", _simulate, "generate a labelled agent fleet's messages into a file or onto the bus")
@@ -82,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", _demo, "simulate a fleet, send it through the bus and show it live")
     bus_option(demo)
     demo.add_argument("--agents", type=int, default=50)
-    demo.add_argument("--rate", type=float, default=50.0, help="messages per second (default %(default)s)")
-    demo.add_argument("--messages", type=int, default=0, help="stop after this many messages (default: run until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=100.0, help="messages per second (default %(default)s)")
+    demo.add_argument("--messages", type=int, default=30_000, help="benign messages in the simulated fleet (default %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
 
     broker = command("broker", _broker, "install, start, stop or inspect a local Apache Kafka broker")
@@ -178,75 +182,92 @@ def _loads(line: bytes) -> dict:
 # --------------------------------------------------------------------------- tail and demo
 
 
-def _format_message(value: bytes | None) -> str:
-    from chorus_lab.schema import decode_agent_message
-
-    try:
-        message = decode_agent_message(value or b"")
-    except SchemaError as exc:
-        return f"!! undecodable record: {exc}"
+def _format_message(message: AgentMessage) -> str:
     content = message.content
     what = " ".join(str(content[k]) for k in ("action", "resource", "amount", "task_id") if k in content)
     targets = ",".join(message.target_agents[:3]) + ("…" if len(message.target_agents) > 3 else "")
     return f"{message.timestamp:%H:%M:%S.%f}"[:-3] + f"  {message.agent_id:>12} → {targets:<28} {message.message_type:<9} {what}"
 
 
-def _follow(bus_url: str | None, topic: str, *, from_beginning: bool, limit: int, stop: threading.Event) -> int:
+def _follow(
+    bus_url: str | None,
+    topic: str,
+    *,
+    from_beginning: bool,
+    stop: threading.Event,
+    until: Callable[[int], bool] = lambda shown: False,
+    ready: threading.Event | None = None,
+) -> int:
+    """Print the agent messages on ``topic`` as they arrive, until ``stop`` or ``until(shown)``.
+
+    Undecodable records are shown as errors and go to the dead-letter topic. ``ready`` is
+    set once the start offsets are fixed, so a producer started after it is seen whole.
+    """
+    from chorus_lab.ingest import MessageReader
+
     bus = open_bus(bus_url)
+    description = bus.admin().describe(topic)
+    if description is None:
+        raise BusError(f"topic {topic} does not exist on {bus.url}; run `chorus-lab topics create`")
+    consumer = bus.consumer(None)
+    partitions = [TopicPartition(topic, p) for p in range(description.partitions)]
+    consumer.assign({tp: (consumer.watermarks(tp)[0 if from_beginning else 1]) for tp in partitions})
+    if ready is not None:
+        ready.set()
+    reader = MessageReader(bus, consumer)
     shown = 0
-    with bus.consumer(None, auto_offset_reset="earliest" if from_beginning else "latest") as consumer:
-        description = bus.admin().describe(topic)
-        if description is None:
-            raise BusError(f"topic {topic} does not exist on {bus.url}; run `chorus-lab topics create`")
-        consumer.assign({TopicPartition(topic, p): None for p in range(description.partitions)})
-        while not stop.is_set() and (limit <= 0 or shown < limit):
-            for record in consumer.consume(500, timeout=0.5):
-                print(_format_message(record.value), flush=True)
-                shown += 1
+    try:
+        while not stop.is_set() and not until(shown):
+            batch = reader.read(500, timeout=0.5)
+            for decoded in batch.messages:
+                print(_format_message(decoded.message), flush=True)
+            for letter in batch.dead_letters:
+                print(f"!! {letter.source}: {letter.message} (sent to {reader.dlq_topic})", flush=True)
+            shown += len(batch.messages) + len(batch.dead_letters)
+    finally:
+        reader.close()
     return shown
 
 
 def _tail(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    _follow(args.bus, args.topic, from_beginning=args.from_beginning, limit=args.max, stop=stop)
+    _follow(args.bus, args.topic, from_beginning=args.from_beginning, stop=stop, until=lambda shown: 0 < args.max <= shown)
     return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from chorus_lab import simulate
 
-    sim_config = simulate.SimulationConfig(agents=args.agents, messages=args.messages, seed=args.seed, scenarios=simulate.parse_scenarios(args.scenarios))
-    simulation = simulate.simulate(sim_config)
+    scenarios = simulate.parse_scenarios(args.scenarios)
     if args.out:
+        simulation = simulate.simulate(simulate.SimulationConfig(agents=args.agents, messages=args.messages, seed=args.seed, scenarios=scenarios))
         labels = args.labels or args.out.with_suffix(".labels.jsonl")
         simulate.write_jsonl(simulation, args.out, labels)
         print(f"{len(simulation.messages)} messages → {args.out}; {len(simulation.labels)} labels → {labels}")
         return 0
-    _send_paced(args.bus, simulation.messages, args.rate, threading.Event())
-    print(f"{len(simulation.messages)} messages sent to {config.RAW} on {resolve_bus_url(args.bus)}")
+    # Onto a live bus the fleet runs in the present, so retention and time queries make sense.
+    live = simulate.SimulationConfig(agents=args.agents, messages=args.messages, seed=args.seed, scenarios=scenarios, start=datetime.now(UTC))
+    sent = _send_paced(args.bus, simulate.iter_messages(live), args.rate, threading.Event())
+    print(f"{sent} messages sent to {config.RAW} on {resolve_bus_url(args.bus)}")
     return 0
 
 
-def _send_paced(bus_url: str | None, messages: Sequence, rate: float, stop: threading.Event) -> int:
-    """Send ``messages`` at ``rate`` per second (0: as fast as possible); return how many."""
+def _send_paced(bus_url: str | None, messages: Iterable[AgentMessage], rate: float, stop: threading.Event) -> int:
+    """Send ``messages`` through an ``AgentClient`` at ``rate`` per second (0: at once)."""
+    from chorus_lab import simulate
     from chorus_lab.client import AgentClient
 
     bus = open_bus(bus_url)
     bus.admin().create_topics([s for s in config.topic_specs() if s.name in (config.RAW, config.DLQ)])
     sent = 0
-    started = time.monotonic()
+    timed = simulate.paced(messages, rate, sleep=stop.wait) if rate > 0 else messages
     with AgentClient(bus, spool_dir=Path(".chorus/spool")) as client:
-        for message in messages:
+        for message in timed:
             if stop.is_set():
                 break
             client.send(message)
             sent += 1
-            if rate > 0:
-                ahead = started + sent / rate - time.monotonic()
-                if ahead > 0:
-                    client.pump()
-                    stop.wait(ahead)
     return sent
 
 
@@ -256,19 +277,23 @@ def _demo(args: argparse.Namespace) -> int:
     bus = open_bus(args.bus)
     created = bus.admin().create_topics(config.topic_specs())
     print(f"chorus-lab demo on {bus.url} ({len(created)} topics created). Ctrl-C to stop.", flush=True)
-    total = args.messages or 1_000_000
-    simulation = simulate.simulate(
-        simulate.SimulationConfig(agents=args.agents, messages=total, seed=args.seed, scenarios=simulate.parse_scenarios("routing_loop=1,byzantine=1,resource_hoarding=1"))
-    )
-    messages = simulation.messages[: total]
+    fleet = simulate.SimulationConfig(agents=args.agents, messages=args.messages, seed=args.seed, start=datetime.now(UTC))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    sender = threading.Thread(target=_send_paced, args=(bus.url, messages, args.rate, stop), name="demo-sender", daemon=True)
+    ready = threading.Event()
+    sent: list[int] = []
+
+    def send() -> None:
+        ready.wait()
+        sent.append(_send_paced(bus.url, simulate.iter_messages(fleet), args.rate, stop))
+
+    sender = threading.Thread(target=send, name="demo-sender", daemon=True)
     sender.start()
     try:
-        shown = _follow(bus.url, config.RAW, from_beginning=False, limit=len(messages), stop=stop)
+        shown = _follow(bus.url, config.RAW, from_beginning=False, stop=stop, ready=ready, until=lambda shown: bool(sent) and shown >= sent[0])
     finally:
         stop.set()
+        ready.set()
         sender.join(timeout=15)
     print(f"{shown} messages went through {bus.url}.")
     return 0

@@ -5,8 +5,8 @@ behaves the same on the embedded log and on a real cluster:
 
 - records are keyed; a key always lands in the same partition (murmur2, as Kafka's Java
   client and librdkafka's ``murmur2_random`` do), so per-key order is kept;
-- offsets are per partition, dense from the log start; a *committed* offset is the next
-  offset to read, as in Kafka;
+- offsets are per partition and increasing, but not dense: transaction markers and
+  compaction leave gaps, as in Kafka; a *committed* offset is the next offset to read;
 - consumers read ``read_committed``: records produced inside a transaction are visible
   only once it commits;
 - a transaction commits produced records and consumer offsets atomically.
@@ -238,7 +238,12 @@ class Consumer(abc.ABC):
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
         on_revoke: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
-        """Join the group for ``topics``; partitions are shared among its members."""
+        """Join the group for ``topics``; partitions are shared among its members.
+
+        The callbacks run inside ``consume``. Portable code handles exactly the partitions
+        it is given: Kafka's eager protocol passes the whole assignment, the embedded
+        backend only the partitions that change.
+        """
 
     @abc.abstractmethod
     def assign(self, partitions: Mapping[TopicPartition, int | None]) -> None:

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
@@ -48,7 +48,10 @@ from chorus_lab.bus.base import (
 from chorus_lab.bus.retry import CircuitBreaker, RetryPolicy, call_with_retry
 from chorus_lab.config import SECRET_KEYS, kafka_client_properties
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
+librdkafka_log = logging.getLogger("chorus_lab.librdkafka")
+"""librdkafka's own log lines (served inside poll/consume); the CLI shows them with --verbose."""
 
 _AUTH_CODES = {
     KafkaError._AUTHENTICATION,
@@ -68,23 +71,39 @@ _UNREACHABLE_CODES = {
     KafkaError.REQUEST_TIMED_OUT,
     KafkaError._SSL,
 }
+# Leadership and coordinators move (or are still being elected on a fresh cluster);
+# librdkafka does not always flag these as retriable, but a later try succeeds.
+_TRANSIENT_CODES = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_LEADER_EPOCH,
+    KafkaError.FENCED_LEADER_EPOCH,
+    KafkaError.REPLICA_NOT_AVAILABLE,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.UNSTABLE_OFFSET_COMMIT,
+    KafkaError._WAIT_COORD,
+    KafkaError._IN_PROGRESS,
+}
 _FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.TRANSACTION_COORDINATOR_FENCED}
 _REBALANCE_CODES = {KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.UNKNOWN_MEMBER_ID}
 
-# Favour low latency with modest batching; see STACK-NOTES "Throughput".
+# Favour low latency with modest batching (see STACK-NOTES "Throughput"); client
+# properties may change these.
 _PRODUCER_DEFAULTS = {
-    "enable.idempotence": True,
-    "acks": "all",
-    "partitioner": "murmur2_random",
     "linger.ms": 5,
+    # Topics are created explicitly and awaited, so a topic still unknown after 5 s is missing.
+    "topic.metadata.propagation.max.ms": 5000,
     "compression.type": "lz4",
     "reconnect.backoff.ms": 100,
     "reconnect.backoff.max.ms": 2000,
 }
+# What the contract promises; client properties cannot change these.
+_PRODUCER_REQUIRED = {"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random"}
+_CONSUMER_REQUIRED = {"enable.auto.commit": False, "enable.auto.offset.store": False, "isolation.level": "read_committed"}
 _CONSUMER_DEFAULTS = {
-    "enable.auto.commit": False,
-    "enable.auto.offset.store": False,
-    "isolation.level": "read_committed",
     "enable.partition.eof": False,
     "fetch.wait.max.ms": 50,
     "reconnect.backoff.ms": 100,
@@ -142,7 +161,7 @@ def to_bus_error(error: KafkaError, errors: _ClientErrors, what: str) -> BusErro
     text = f"{what} on Kafka cluster {errors.cluster}: {errors.scrub(error.str())}"
     if code in _AUTH_CODES:
         return AuthenticationError(text, code=error.name())
-    if code in _FENCED_CODES:
+    if code in _FENCED_CODES or error.fatal():
         return ProducerFencedError(text, code=error.name())
     if code in _REBALANCE_CODES:
         return CommitFailedError(text, code=error.name())
@@ -150,7 +169,20 @@ def to_bus_error(error: KafkaError, errors: _ClientErrors, what: str) -> BusErro
         return TopicError(text, code=error.name())
     if code in _UNREACHABLE_CODES:
         return BusUnavailableError(text, code=error.name())
-    return BusError(text, retriable=error.retriable(), code=error.name())
+    return BusError(text, retriable=error.retriable() or code in _TRANSIENT_CODES, code=error.name())
+
+
+def _retry_transient(call: Callable[[], T], errors: _ClientErrors, what: str, attempts: int = 20) -> T:
+    """Run a metadata call, retrying the short-lived errors of a cluster in motion."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except KafkaException as exc:
+            mapped = _kafka_exception(exc, errors, what)
+            if not mapped.retriable or attempt == attempts:
+                raise mapped from None
+            time.sleep(min(1.0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 def _kafka_exception(exc: KafkaException, errors: _ClientErrors, what: str) -> BusError:
@@ -186,27 +218,30 @@ class KafkaBus(Bus):
         self.retry = retry or RetryPolicy(max_attempts=3, base_delay=0.5)
         self.breaker = CircuitBreaker()
 
-    def client_config(self, **extra: Any) -> tuple[dict[str, Any], _ClientErrors]:
-        """A librdkafka configuration for a new client, and its error collector."""
+    def client_config(
+        self, defaults: Mapping[str, Any] | None = None, required: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> tuple[dict[str, Any], _ClientErrors]:
+        """A librdkafka configuration for a new client, and its error collector.
+
+        Precedence: ``defaults`` < client properties < ``overrides`` < ``required``.
+        """
         errors = _ClientErrors(self.bootstrap, self._secrets)
-        config = {**self._config, **extra, "error_cb": errors}
+        config = {**(defaults or {}), **self._config, **overrides, **(required or {}), "error_cb": errors, "logger": librdkafka_log}
         return config, errors
 
     def producer(self, *, transactional_id: str | None = None, **overrides: Any) -> KafkaProducer:
-        extra = dict(_PRODUCER_DEFAULTS, **overrides)
         if transactional_id:
-            extra["transactional.id"] = transactional_id
-        config, errors = self.client_config(**extra)
+            overrides["transactional.id"] = transactional_id
+        config, errors = self.client_config(_PRODUCER_DEFAULTS, _PRODUCER_REQUIRED, **overrides)
         return KafkaProducer(confluent_kafka.Producer(config), errors)
 
     def consumer(
         self, group_id: str | None, *, auto_offset_reset: Literal["earliest", "latest"] = "earliest", **overrides: Any
     ) -> KafkaConsumer:
         # librdkafka insists on a group.id; a private one is never committed to.
-        extra = dict(_CONSUMER_DEFAULTS, **overrides)
-        extra["group.id"] = group_id or f"chorus-private-{uuid.uuid4().hex}"
-        extra["auto.offset.reset"] = auto_offset_reset
-        config, errors = self.client_config(**extra)
+        overrides["group.id"] = group_id or f"chorus-private-{uuid.uuid4().hex}"
+        overrides["auto.offset.reset"] = auto_offset_reset
+        config, errors = self.client_config(_CONSUMER_DEFAULTS, _CONSUMER_REQUIRED, **overrides)
         return KafkaConsumer(confluent_kafka.Consumer(config), errors, group_id, reset_to_earliest=auto_offset_reset == "earliest")
 
     def admin(self) -> KafkaAdmin:
@@ -272,10 +307,16 @@ class KafkaProducer(Producer):
         return deliver
 
     def poll(self, timeout: float = 0.0) -> int:
-        return self._producer.poll(timeout)
+        try:
+            return self._producer.poll(timeout)
+        except KafkaException as exc:
+            raise _kafka_exception(exc, self._errors, "poll") from None
 
     def flush(self, timeout: float = 30.0) -> int:
-        return self._producer.flush(timeout)
+        try:
+            return self._producer.flush(timeout)
+        except KafkaException as exc:
+            raise _kafka_exception(exc, self._errors, "flush") from None
 
     def _transactional(self, what: str, call: Callable[[], None]) -> None:
         """Run a transaction API call: retry what librdkafka says is retriable, abort
@@ -355,10 +396,13 @@ class KafkaConsumer(Consumer):
     def assign(self, partitions: Mapping[TopicPartition, int | None]) -> None:
         self._manual = dict(partitions)
         committed = self.committed([tp for tp, offset in partitions.items() if offset is None]) if self.group_id else {}
+        # Without a group there is nothing committed: start at the reset point directly,
+        # so a group-less reader never waits on a group coordinator.
+        reset = confluent_kafka.OFFSET_BEGINNING if self._reset_to_earliest else confluent_kafka.OFFSET_END
         assignment = []
         for tp, offset in partitions.items():
             start = offset if offset is not None else committed.get(tp)
-            kafka_offset = start if start is not None else confluent_kafka.OFFSET_INVALID
+            kafka_offset = start if start is not None else (confluent_kafka.OFFSET_INVALID if self.group_id else reset)
             assignment.append(KafkaTopicPartition(tp.topic, tp.partition, kafka_offset))
         self._consumer.assign(assignment)
 
@@ -446,17 +490,14 @@ class KafkaConsumer(Consumer):
         wanted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
         if not wanted:
             return {}
-        try:
-            found = self._consumer.committed(wanted, timeout=10)
-        except KafkaException as exc:
-            raise _kafka_exception(exc, self._errors, "committed") from None
+        found = _retry_transient(lambda: self._consumer.committed(wanted, timeout=10), self._errors, "committed")
         return {TopicPartition(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in found}
 
     def watermarks(self, partition: TopicPartition) -> tuple[int, int]:
-        try:
-            low, high = self._consumer.get_watermark_offsets(KafkaTopicPartition(partition.topic, partition.partition), timeout=10, cached=False)
-        except KafkaException as exc:
-            raise _kafka_exception(exc, self._errors, f"watermarks of {partition.topic}[{partition.partition}]") from None
+        tp = KafkaTopicPartition(partition.topic, partition.partition)
+        low, high = _retry_transient(
+            lambda: self._consumer.get_watermark_offsets(tp, timeout=10, cached=False), self._errors, f"watermarks of {partition.topic}[{partition.partition}]"
+        )
         return int(low), int(high)
 
     def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
@@ -465,10 +506,7 @@ class KafkaConsumer(Consumer):
         if info is None or info.error is not None:
             raise TopicError(f"topic {topic} does not exist on Kafka cluster {self._errors.cluster}")
         query = [KafkaTopicPartition(topic, p, timestamp_ms) for p in sorted(info.partitions)]
-        try:
-            found = self._consumer.offsets_for_times(query, timeout=10)
-        except KafkaException as exc:
-            raise _kafka_exception(exc, self._errors, f"offsets_for_time on {topic}") from None
+        found = _retry_transient(lambda: self._consumer.offsets_for_times(query, timeout=10), self._errors, f"offsets_for_time on {topic}")
         result: dict[int, int] = {}
         for p in found:
             # -1 means no record at or after the time: the next record will be the first.
@@ -497,8 +535,9 @@ class KafkaAdmin(Admin):
             deadline = time.monotonic() + timeout
             while True:
                 try:
-                    return self._admin.list_topics(topic, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+                    return self._admin.list_topics(topic, timeout=min(0.5, max(0.1, deadline - time.monotonic())))
                 except KafkaException:
+                    self._admin.poll(0)  # error_cb runs only inside poll()
                     auth = self._errors.auth_error()
                     if auth is not None:
                         raise auth from None
