@@ -108,8 +108,9 @@ def bare_consume(bootstrap: str, topic: str, count: int) -> int:
     deadline = time.monotonic() + 120
     while seen < count and time.monotonic() < deadline:
         for message in consumer.consume(num_messages=1000, timeout=0.5):
+            # What any consumer needs of a record: where it is, its key and its value.
             if message.error() is None:
-                message.value()
+                message.partition(), message.offset(), message.key(), message.value()
                 seen += 1
     consumer.close()
     return seen
