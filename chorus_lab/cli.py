@@ -19,7 +19,7 @@ from pathlib import Path
 
 from chorus_lab import config
 from chorus_lab.bus import BusError, TopicPartition, open_bus, resolve_bus_url
-from chorus_lab.schema import AgentMessage, SchemaError
+from chorus_lab.schema import AgentMessage, SchemaError, decode_agent_message
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--home", type=Path, default=Path(".chorus/broker"), help="state and data directory (default %(default)s)")
     broker.add_argument("--port", type=int, default=9092, help="PLAINTEXT port on 127.0.0.1 (default %(default)s)")
     broker.add_argument("--sasl", action="store_true", help="also open a SASL_SSL/PLAIN listener with a self-signed certificate")
+    _add_pipeline_commands(command, bus_option)
     return parser
 
 
@@ -152,17 +153,21 @@ def _produce(args: argparse.Namespace) -> int:
     accepted = invalid = 0
     first_errors: list[str] = []
     with AgentClient(bus, spool_dir=args.spool_dir) as client, stream:
+        batch: list[AgentMessage] = []
         for number, line in enumerate(tqdm(stream, desc="produce", unit=" msg", disable=None), start=1):
             if not line.strip():
                 continue
             try:
-                client.send(_loads(line))
-                accepted += 1
+                batch.append(decode_agent_message(line))
             except SchemaError as exc:
                 invalid += 1
                 client.send_dead_letter(DeadLetter.from_exception(exc, stage="decode", source=f"file:{args.file}:{number}", value=line.rstrip(b"\r\n")))
                 if len(first_errors) < 5:
                     first_errors.append(f"line {number}: {exc}")
+            if len(batch) >= 500:
+                accepted += len(client.send_many(batch))
+                batch = []
+        accepted += len(client.send_many(batch))
         left = client.flush(args.timeout)
     print(f"{accepted} message(s) sent to {config.RAW} on {bus.url}; {invalid} invalid line(s) sent to {config.DLQ}")
     for error in first_errors:
@@ -171,12 +176,6 @@ def _produce(args: argparse.Namespace) -> int:
         print(f"{left} record(s) not yet acknowledged stay in the spool {args.spool_dir}; they are sent on the next run", file=sys.stderr)
         return 1
     return 0
-
-
-def _loads(line: bytes) -> dict:
-    from chorus_lab.schema import load_json
-
-    return load_json(line)
 
 
 # --------------------------------------------------------------------------- tail and demo
@@ -327,6 +326,119 @@ def _broker(args: argparse.Namespace) -> int:
         print(f"no broker running from {args.home}")
         return 1
     print(f"running (pid {info.pid}): --bus {info.bus_url}; log {info.log_file}")
+    return 0
+
+
+# --------------------------------------------------------------------------- the pipeline: process, analyze, run
+
+
+def _add_pipeline_commands(
+    command: Callable[[str, Handler, str], argparse.ArgumentParser], bus_option: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    from chorus_lab.processor import DEFAULT_GROUP
+
+    def stage1_options(sub: argparse.ArgumentParser) -> None:
+        bus_option(sub)
+        sub.add_argument("--group", default=DEFAULT_GROUP, help="consumer group of the stage-1 instances (default %(default)s)")
+        sub.add_argument("--instance", help="this instance's id; give a stable one so a restart fences its predecessor (default: host-pid)")
+        sub.add_argument("--batch-size", type=int, default=500, help="most records per transaction (default %(default)s)")
+        sub.add_argument("--message-timeout", type=float, default=2.0, help="per-message processing budget in seconds (default %(default)s)")
+        sub.add_argument("--snapshot-every", type=int, default=5000, help="checkpoint a partition after this many records (default %(default)s)")
+        sub.add_argument("--partitions", type=int, default=config.DEFAULT_PARTITIONS, help="partitions of topics created when missing (default %(default)s)")
+        sub.add_argument("--topic-prefix", default="", help="read and write a sandbox copy of the topics named <prefix><topic>")
+
+    process = command("process", _process, "run stage 1 (conflict prediction, trust, quarantine) as a consumer-group member")
+    stage1_options(process)
+    process.add_argument("--autoscale", action="store_true", help="supervise local processor processes, started and stopped from consumer lag")
+    process.add_argument("--max", type=int, default=config.DEFAULT_PARTITIONS, help="with --autoscale: most instances (default %(default)s; never more than partitions)")
+    process.add_argument("--lag-threshold", type=int, default=5000, help="with --autoscale: lag one instance absorbs (default %(default)s)")
+    process.add_argument("--cooldown", type=float, default=30.0, help="with --autoscale: seconds of low lag before an instance stops (default %(default)s)")
+
+    analyze = command("analyze", _analyze, "run the pipeline over a JSON-lines file and write every output topic to a directory")
+    analyze.add_argument("input", type=Path, help="one AgentMessage JSON object per line")
+    analyze.add_argument("--out", type=Path, required=True, help="directory for <topic>.jsonl files")
+    analyze.add_argument("--partitions", type=int, default=1, help="partitions of the scratch bus (default 1: the predictor sees the whole fleet)")
+
+    run = command("run", _run, "run the whole pipeline in one process on the bus (stage 1 for now)")
+    stage1_options(run)
+
+
+def _stage1_settings(args: argparse.Namespace) -> ProcessorSettings:  # noqa: F821 (imported lazily, like every command's modules)
+    from chorus_lab.processor import ProcessorSettings
+
+    return ProcessorSettings(
+        batch_size=args.batch_size, message_timeout_s=args.message_timeout, snapshot_every=args.snapshot_every, partitions=args.partitions
+    )
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so the loop finishes its batch and leaves the group."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def _process(args: argparse.Namespace) -> int:
+    from chorus_lab.processor import StreamProcessor, Topics, default_instance_id
+
+    if args.autoscale:
+        return _autoscale(args)
+    bus = open_bus(args.bus)
+    instance = args.instance or default_instance_id()
+    processor = StreamProcessor(bus, args.group, instance, topics=Topics(args.topic_prefix), settings=_stage1_settings(args))
+    stop = _stop_on_signals()
+    print(f"stage 1 instance {instance} of group {args.group} on {bus.url}; Ctrl-C or SIGTERM to stop", flush=True)
+    stats = processor.run(stop)
+    print(f"stopped: {stats.summary()}", flush=True)
+    return 0
+
+
+def _autoscale(args: argparse.Namespace) -> int:
+    from chorus_lab.autoscale import ScalePolicy, Supervisor, group_lag, process_command
+    from chorus_lab.processor import Topics, default_instance_id
+
+    bus = open_bus(args.bus)
+    topics = Topics(args.topic_prefix)
+    bus.admin().create_topics(topics.specs(args.partitions))
+    policy = ScalePolicy(max_instances=args.max, lag_threshold=args.lag_threshold, cooldown_s=args.cooldown)
+    base = args.instance or default_instance_id()
+    extra = ["--batch-size", str(args.batch_size), "--message-timeout", str(args.message_timeout), "--snapshot-every", str(args.snapshot_every),
+             "--partitions", str(args.partitions), "--topic-prefix", args.topic_prefix]
+    supervisor = Supervisor(
+        lambda slot: process_command(bus.url, args.group, f"{base}-{slot}", extra),
+        lambda: group_lag(bus, args.group, topics.raw),
+        policy,
+        report=lambda text: print(text, flush=True),
+    )
+    stop = _stop_on_signals()
+    print(f"autoscaling stage 1 (group {args.group}) on {bus.url}: up to {args.max} instance(s), {args.lag_threshold} lag each", flush=True)
+    supervisor.run(stop)
+    print("supervisor stopped; every instance left the group", flush=True)
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from chorus_lab.processor import analyze_file
+
+    if not args.input.is_file():
+        raise FileNotFoundError(f"input file {args.input} does not exist")
+    summary = analyze_file(args.input, args.out, partitions=args.partitions)
+    print(f"{summary.lines} line(s): {summary.sent} message(s) analysed, {summary.invalid} invalid (see {config.DLQ}.jsonl)")
+    for topic, count in summary.written.items():
+        print(f"  {args.out / (topic + '.jsonl')}: {count} record(s)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from chorus_lab.processor import Topics, default_instance_id, run_pipeline
+
+    bus = open_bus(args.bus)
+    instance = args.instance or default_instance_id()
+    stop = _stop_on_signals()
+    print(f"chorus-lab pipeline on {bus.url} (stage 1 instance {instance}); Ctrl-C or SIGTERM to stop", flush=True)
+    stats = run_pipeline(bus, stop=stop, group_id=args.group, instance_id=instance, topics=Topics(args.topic_prefix), settings=_stage1_settings(args))
+    print(f"stopped: {stats.summary()}", flush=True)
     return 0
 
 

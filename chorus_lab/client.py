@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,15 @@ from chorus_lab import config
 from chorus_lab.bus import Bus, open_bus
 from chorus_lab.bus.base import AuthenticationError, BusError, DeliveryReport, Headers, Producer
 from chorus_lab.bus.retry import CircuitBreaker
-from chorus_lab.bus.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, Spool, SpooledRecord
+from chorus_lab.bus.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, Spool, SpooledRecord, SpoolItem
 from chorus_lab.deadletter import DeadLetter
 from chorus_lab.schema import AgentMessage, decode_agent_message, encode
 
 log = logging.getLogger(__name__)
 
 SCHEMA_HEADER: Headers = (("chorus.schema", b"AgentMessage/1"),)
+_POLL_INTERVAL = 0.01
+"""Seconds between delivery-report polls while sending: batches the embedded log's writes."""
 
 
 class AgentClient:
@@ -75,6 +77,7 @@ class AgentClient:
         self._in_flight: set[int] = set()
         self._resend_from: int | None = None
         self._acked: list[int] = []
+        self._last_poll = 0.0
 
     # ------------------------------------------------------------------ sending
 
@@ -84,16 +87,29 @@ class AgentClient:
         Raises ``SchemaError`` for an invalid message and ``SpoolFullError`` when the
         spool is full; in both cases the message was not accepted.
         """
-        decoded = message if isinstance(message, AgentMessage) else decode_agent_message(dict(message))
-        value = encode(decoded)
-        self.spool.append([(self.topic, decoded.agent_id.encode(), value, SCHEMA_HEADER)])
-        self.pump()
-        return decoded.message_id
+        return self.send_many([message])[0]
+
+    def send_many(self, messages: Sequence[AgentMessage | Mapping[str, Any]]) -> list[str]:
+        """Accept several messages at once (one spool write); all or none are accepted."""
+        decoded = [m if isinstance(m, AgentMessage) else decode_agent_message(dict(m)) for m in messages]
+        self._accept([(self.topic, m.agent_id.encode(), encode(m), SCHEMA_HEADER) for m in decoded])
+        return [m.message_id for m in decoded]
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
         """Accept a dead letter (e.g. an invalid input line) for the dead-letter topic."""
-        self.spool.append([(self.dlq_topic, letter.original_key, letter.original_value, letter.headers())])
-        self.pump()
+        self._accept([(self.dlq_topic, letter.original_key, letter.original_value, letter.headers())])
+
+    def _accept(self, items: list[SpoolItem]) -> None:
+        seqs = self.spool.append(items)
+        if seqs and self._cursor == seqs[0] - 1 and self._resend_from is None and self.breaker.allow():
+            # Nothing is waiting ahead of these: hand them over as they are, without
+            # reading them back from the spool.
+            now = int(time.time() * 1000)
+            for seq, (topic, key, value, headers) in zip(seqs, items, strict=True):
+                if len(self._in_flight) >= self.max_in_flight or not self._hand_over(SpooledRecord(seq, topic, key, value, headers, now)):
+                    break
+        if time.monotonic() - self._last_poll >= _POLL_INTERVAL:
+            self.pump()
 
     @property
     def pending(self) -> int:
@@ -105,6 +121,7 @@ class AgentClient:
 
         Returns how many were handed over. Serves delivery reports first.
         """
+        self._last_poll = time.monotonic()
         self._producer.poll(0)
         self._settle()
         if not self.breaker.allow():
