@@ -344,6 +344,7 @@ def _add_pipeline_commands(
         sub.add_argument("--batch-size", type=int, default=500, help="most records per transaction (default %(default)s)")
         sub.add_argument("--message-timeout", type=float, default=2.0, help="per-message processing budget in seconds (default %(default)s)")
         sub.add_argument("--snapshot-every", type=int, default=5000, help="checkpoint a partition after this many records (default %(default)s)")
+        sub.add_argument("--session-timeout", type=float, default=10.0, help="seconds before a silent instance's partitions move (default %(default)s; Kafka allows 6 or more)")
         sub.add_argument("--partitions", type=int, default=config.DEFAULT_PARTITIONS, help="partitions of topics created when missing (default %(default)s)")
         sub.add_argument("--topic-prefix", default="", help="read and write a sandbox copy of the topics named <prefix><topic>")
 
@@ -367,7 +368,11 @@ def _stage1_settings(args: argparse.Namespace) -> ProcessorSettings:  # noqa: F8
     from chorus_lab.processor import ProcessorSettings
 
     return ProcessorSettings(
-        batch_size=args.batch_size, message_timeout_s=args.message_timeout, snapshot_every=args.snapshot_every, partitions=args.partitions
+        batch_size=args.batch_size,
+        message_timeout_s=args.message_timeout,
+        snapshot_every=args.snapshot_every,
+        session_timeout_s=args.session_timeout,
+        partitions=args.partitions,
     )
 
 
@@ -404,7 +409,7 @@ def _autoscale(args: argparse.Namespace) -> int:
     policy = ScalePolicy(max_instances=args.max, lag_threshold=args.lag_threshold, cooldown_s=args.cooldown)
     base = args.instance or default_instance_id()
     extra = ["--batch-size", str(args.batch_size), "--message-timeout", str(args.message_timeout), "--snapshot-every", str(args.snapshot_every),
-             "--partitions", str(args.partitions), "--topic-prefix", args.topic_prefix]
+             "--session-timeout", str(args.session_timeout), "--partitions", str(args.partitions), "--topic-prefix", args.topic_prefix]
     supervisor = Supervisor(
         lambda slot: process_command(bus.url, args.group, f"{base}-{slot}", extra),
         lambda: group_lag(bus, args.group, topics.raw),

@@ -361,7 +361,12 @@ class KafkaProducer(Producer):
         self._transactional("abort_transaction", lambda: self._producer.abort_transaction(timeout))
 
     def close(self) -> None:
-        self._producer.flush(10)
+        try:
+            self._producer.flush(10)
+        except (KafkaException, SystemError) as exc:
+            # A fenced (fatal) producer cannot flush; confluent-kafka 2.16 then raises a
+            # bare SystemError. Nothing more can be delivered through it either way.
+            log.warning("closing a producer that can no longer deliver on %s: %s", self._errors.cluster, self._errors.scrub(str(exc)))
 
 
 class KafkaConsumer(Consumer):

@@ -1,0 +1,325 @@
+"""Stage 1 with transactions against a real broker, compared with a bare transactional pass-through.
+
+Usage:
+    .venv/bin/python bench/pipeline_throughput.py [--messages 30000] [--rounds 3]
+        [--rate 2000] [--seconds 30] [--warm-up 5] [--batch-size 500] [--bootstrap HOST:PORT]
+
+Without --bootstrap a local Apache Kafka is started for the run (``chorus_lab.broker.LocalBroker``)
+and stopped after. Two measurements, each for both pipelines, in the same run and with the
+same batching (``--batch-size`` records per transaction, the same consume wait):
+
+- **Throughput**: ``--messages`` simulated agent messages are loaded into a 6-partition raw
+  topic; each pipeline reads all of them as a fresh consumer group, one transaction per
+  batch (begin → produce → send_offsets_to_transaction → commit). The pass-through copies
+  each record to an output topic; stage 1 is ``StreamProcessor`` (decode, validate, the
+  prediction engine, encode the decision, checkpoints). Timed from the first record read to
+  the last commit; rounds alternate which goes first; medians are shown, and stage 1 as a
+  ratio of the pass-through.
+- **Latency** at a fixed offered rate (``--rate`` msg/s for ``--seconds``): the pipeline runs
+  in its own process; the raw topic stamps records with the broker's append time
+  (``LogAppendTime``); a read_committed reader notes when each output record arrives.
+  Latency = arrival − the raw record's append time, so it includes batching, processing,
+  the commit and the reader's fetch. Records appended in the first ``--warm-up`` seconds
+  (default 5) are left out of the steady-state figures: a fresh process first builds its
+  connections, transaction partitions and per-agent state, and catches up the backlog that
+  builds meanwhile; the p99 over the whole run is printed too.
+
+The machines are shared and noisy (2 cores, the broker on the same machine): read the
+ratios, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from chorus_lab import simulate  # noqa: E402
+from chorus_lab.broker import BrokerConfig, LocalBroker, install  # noqa: E402
+from chorus_lab.bus import Consumer, Record, TopicPartition, TopicSpec  # noqa: E402
+from chorus_lab.bus.kafka import KafkaBus  # noqa: E402
+from chorus_lab.processor import ProcessorSettings, StreamProcessor, Topics, consume_batch, read_range  # noqa: E402
+from chorus_lab.schema import AgentMessage, encode  # noqa: E402
+
+PARTITIONS = 6
+PASS_OUT = "bench-passthrough-out"
+
+
+def fleet(count: int, seed: int = 7) -> list[AgentMessage]:
+    """Realistic traffic: the simulator's fleet of 200 agents (requests, grants, delegations, claims...)."""
+    config = simulate.SimulationConfig(agents=200, messages=count, seed=seed, scenarios={})
+    return simulate.simulate(config).messages[:count]
+
+
+def make_topics(bus: KafkaBus, prefix: str, *, append_time: bool = False) -> Topics:
+    topics = Topics(prefix)
+    specs = topics.specs(PARTITIONS)
+    if append_time:  # the broker stamps each raw record when it appends it
+        specs = [replace(s, config={"message.timestamp.type": "LogAppendTime"}) if s.name == topics.raw else s for s in specs]
+    bus.admin().create_topics(specs)
+    bus.admin().create_topics([TopicSpec(topics.name(PASS_OUT), partitions=PARTITIONS)])
+    return topics
+
+
+def load(bus: KafkaBus, topic: str, messages: list[AgentMessage]) -> None:
+    producer = bus.producer()
+    for message in messages:
+        while True:
+            try:
+                producer.produce(topic, encode(message), message.agent_id.encode())
+                break
+            except BufferError:
+                producer.poll(0.01)
+    assert producer.flush(120) == 0
+    producer.close()
+
+
+# --------------------------------------------------------------------------- the two pipelines
+
+
+class FirstRead:
+    """Wraps a consumer to note when the first records arrive (the group join is not timed)."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.at: float | None = None
+        self.original = consumer.consume
+
+    def __call__(self, max_messages: int = 500, timeout: float = 1.0) -> list[Record]:
+        records = self.original(max_messages, timeout)
+        if records and self.at is None:
+            self.at = time.perf_counter()
+        return records
+
+
+class PassThrough:
+    """Consume → produce the same record → commit, in one transaction per batch (the baseline)."""
+
+    def __init__(self, bus: KafkaBus, topics: Topics, group: str, settings: ProcessorSettings) -> None:
+        self.topics, self.settings = topics, settings
+        self.out = topics.name(PASS_OUT)
+        self.producer = bus.producer(transactional_id=f"bench-pass.{group}", **{"transaction.timeout.ms": int(settings.transaction_timeout_s * 1000)})
+        self.producer.init_transactions()
+        self.consumer = bus.consumer(group, **{"session.timeout.ms": int(settings.session_timeout_s * 1000), "queued.max.messages.kbytes": 16384})
+        self.consumer.subscribe([topics.raw])
+        self.records = 0
+
+    def step(self) -> int:
+        records = consume_batch(self.consumer, self.settings.batch_size, self.settings.poll_timeout_s)  # as stage 1 does
+        if not records:
+            return 0
+        self.producer.begin_transaction()
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            while True:
+                try:
+                    self.producer.produce(self.out, record.value, record.key)
+                    break
+                except BufferError:
+                    self.producer.poll(0.01)
+            offsets[record.topic_partition] = record.offset + 1
+        self.producer.send_offsets_to_transaction(offsets, self.consumer)
+        self.producer.commit_transaction()
+        self.records += len(records)
+        return len(records)
+
+    def owned(self) -> int:
+        return len(self.consumer.assignment())
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.close()
+
+
+def throughput_passthrough(bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> float:
+    pipe = PassThrough(bus, topics, f"pass-{uuid.uuid4().hex[:6]}", settings)
+    first = FirstRead(pipe.consumer)
+    pipe.consumer.consume = first  # type: ignore[method-assign]
+    while pipe.records < count:
+        pipe.step()
+    elapsed = time.perf_counter() - (first.at or 0)
+    pipe.close()
+    return count / elapsed
+
+
+def throughput_stage1(bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> float:
+    processor = StreamProcessor(bus, f"stage1-{uuid.uuid4().hex[:6]}", "bench", topics=topics, settings=settings)
+    processor.start()
+    first = FirstRead(processor._consumer)  # type: ignore[arg-type]
+    processor._consumer.consume = first  # type: ignore[union-attr, method-assign]
+    while processor.stats.records < count:
+        processor.step()
+    elapsed = time.perf_counter() - (first.at or 0)
+    processor.close()
+    return count / elapsed
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def serve(kind: str, bootstrap: str, prefix: str, settings: ProcessorSettings) -> None:
+    """Child process: run one pipeline until SIGTERM; print 'ready' once it owns every partition."""
+    bus = KafkaBus(bootstrap, properties={})
+    topics = Topics(prefix)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if kind == "stage1":
+        pipe: PassThrough | StreamProcessor = StreamProcessor(bus, f"lat-{uuid.uuid4().hex[:6]}", "bench", topics=topics, settings=settings)
+        pipe.start()
+        owned = lambda: len(pipe.owned_partitions)  # type: ignore[union-attr]  # noqa: E731
+    else:
+        pipe = PassThrough(bus, topics, f"lat-{uuid.uuid4().hex[:6]}", settings)
+        owned = pipe.owned  # noqa: E731
+    announced = False
+    while not stop.is_set():
+        pipe.step()
+        if not announced and owned() >= PARTITIONS:
+            print("ready", flush=True)
+            announced = True
+    pipe.close()
+
+
+def latency(
+    kind: str, bus: KafkaBus, bootstrap: str, messages: list[AgentMessage], rate: float, seconds: float, settings: ProcessorSettings, warm_up: float
+) -> dict[str, float]:
+    """p50/p99 ms from a raw record's append time to its committed output's arrival."""
+    prefix = f"lat{uuid.uuid4().hex[:6]}-"
+    topics = make_topics(bus, prefix, append_time=True)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", kind, "--bootstrap", bootstrap, "--prefix", prefix, "--batch-size", str(settings.batch_size)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready", "the pipeline did not start"
+        out_topic = topics.decisions if kind == "stage1" else topics.name(PASS_OUT)
+        reader = bus.consumer(None)
+        reader.assign({TopicPartition(out_topic, p): 0 for p in range(PARTITIONS)})
+        total = int(rate * seconds)
+        batch = messages[:total]
+        arrived: dict[str, float] = {}
+        began = time.time()
+
+        def send() -> None:
+            producer = bus.producer()
+            for message in simulate.paced(batch, rate):
+                producer.produce(topics.raw, encode(message), message.agent_id.encode())
+                producer.poll(0)
+            producer.flush(60)
+            producer.close()
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        deadline = time.monotonic() + seconds + 60
+        while len(arrived) < total and time.monotonic() < deadline:
+            for record in reader.consume(1000, 0.05):
+                now_ms = time.time() * 1000
+                data = json.loads(record.value or b"{}")
+                message_id = data["original_message"]["message_id"] if kind == "stage1" else data["message_id"]
+                arrived[message_id] = now_ms
+        sender.join(10)
+        reader.close()
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(60)
+    appended = raw_append_times(bus, topics.raw)
+    steady_from_ms = (began + warm_up) * 1000
+    everything = sorted(arrived[mid] - appended[mid] for mid in arrived if mid in appended)
+    samples = sorted(arrived[mid] - appended[mid] for mid in arrived if mid in appended and appended[mid] >= steady_from_ms)
+    return {
+        "received": len(arrived) / total,
+        "p50": statistics.median(samples),
+        "p99": percentile(samples, 0.99),
+        "p99_all": percentile(everything, 0.99),
+    }
+
+
+def percentile(ordered: list[float], share: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def raw_append_times(bus: KafkaBus, topic: str) -> dict[str, float]:
+    reader = bus.consumer(None)
+    times: dict[str, float] = {}
+    for partition in range(PARTITIONS):
+        tp = TopicPartition(topic, partition)
+        low, high = reader.watermarks(tp)
+        for record in read_range(reader, tp, low, high):
+            times[json.loads(record.value or b"{}")["message_id"]] = float(record.timestamp_ms)
+    reader.close()
+    return times
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(bootstrap: str, count: int, rounds: int, rate: float, seconds: float, batch_size: int, warm_up: float) -> None:
+    bus = KafkaBus(bootstrap, properties={})
+    settings = ProcessorSettings(batch_size=batch_size, snapshot_every=5000)
+    messages = fleet(max(count, int(rate * seconds)))
+    size = sum(len(encode(m)) for m in messages[:1000]) / 1000
+    print(f"stage 1 vs a transactional pass-through; {os.cpu_count()} cores; batch {batch_size} records per transaction\n")
+    print(f"throughput: {count} messages of ~{size:.0f} bytes, {PARTITIONS} partitions, {rounds} rounds (median)")
+    results: dict[str, list[float]] = {"pass-through": [], "stage 1": []}
+    for round_number in range(rounds):
+        topics = make_topics(bus, f"tp{uuid.uuid4().hex[:6]}-")
+        load(bus, topics.raw, messages[:count])
+        order = ["pass-through", "stage 1"] if round_number % 2 == 0 else ["stage 1", "pass-through"]
+        for which in order:
+            measure = throughput_passthrough if which == "pass-through" else throughput_stage1
+            results[which].append(measure(bus, topics, count, settings))
+        print(f"  round {round_number + 1}: pass-through {results['pass-through'][-1]:,.0f} msg/s, stage 1 {results['stage 1'][-1]:,.0f} msg/s", file=sys.stderr)
+    median = {name: statistics.median(values) for name, values in results.items()}
+    for name, value in median.items():
+        print(f"  {name:14} {value:>10,.0f} msg/s")
+    print(f"  stage 1 / pass-through: {median['stage 1'] / median['pass-through']:.2f}   (goal >= 0.5)\n")
+
+    print(f"latency at {rate:,.0f} msg/s offered for {seconds:.0f} s (append time -> committed output seen by a reader;")
+    print(f"steady state after {warm_up:.0f} s of warm-up)")
+    lat = {kind: latency(kind, bus, bootstrap, messages, rate, seconds, settings, warm_up) for kind in ("passthrough", "stage1")}
+    for kind, name in (("passthrough", "pass-through"), ("stage1", "stage 1")):
+        figures = lat[kind]
+        print(
+            f"  {name:14} p50 {figures['p50']:7.1f} ms   p99 {figures['p99']:7.1f} ms   "
+            f"(whole run incl. warm-up: p99 {figures['p99_all']:.0f} ms; {figures['received']:.0%} received)"
+        )
+    print(f"  stage 1 p99 / pass-through p99: {lat['stage1']['p99'] / lat['passthrough']['p99']:.2f}   (goal <= 2)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--warm-up", type=float, default=5.0, help="seconds left out of the steady-state latency figures")
+    parser.add_argument("--bootstrap", help="an existing broker (default: start a local one for the run)")
+    parser.add_argument("--serve", choices=["stage1", "passthrough"], help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.bootstrap, args.prefix, ProcessorSettings(batch_size=args.batch_size))
+        return 0
+    if args.bootstrap:
+        run(args.bootstrap, args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up)
+        return 0
+    install(progress=lambda text: print(text, file=sys.stderr))
+    with tempfile.TemporaryDirectory() as folder, LocalBroker(BrokerConfig(data_dir=Path(folder))) as broker:
+        run(broker.info.bootstrap, args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
