@@ -9,7 +9,7 @@ topic, say) goes to ``agent-messages-dlq`` with the reason.
 
 >>> import tempfile
 >>> from datetime import datetime, UTC
->>> with AgentClient(f"embedded://{tempfile.mkdtemp()}", spool_dir=Path(tempfile.mkdtemp())) as client:
+>>> with AgentClient(f"embedded://{tempfile.mkdtemp()}", spool_dir=Path(tempfile.mkdtemp()), ensure_topics=True) as client:
 ...     message_id = client.send({"agent_id": "planner-1", "timestamp": "2026-01-01T00:00:00Z",
 ...         "message_type": "request", "content": {"action": "request_resource", "resource": "gpu-1", "amount": 1},
 ...         "target_agents": ["steward-1"], "correlation_id": "task-9", "metadata": {}})
@@ -28,7 +28,7 @@ from typing import Any
 
 from chorus_lab import config
 from chorus_lab.bus import Bus, open_bus
-from chorus_lab.bus.base import AuthenticationError, BusError, DeliveryReport, Headers, Producer
+from chorus_lab.bus.base import AuthenticationError, BusError, DeliveryReport, Headers, Producer, TopicError
 from chorus_lab.bus.retry import CircuitBreaker
 from chorus_lab.bus.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, Spool, SpooledRecord, SpoolItem
 from chorus_lab.deadletter import DeadLetter
@@ -37,6 +37,9 @@ from chorus_lab.schema import AgentMessage, decode_agent_message, encode
 log = logging.getLogger(__name__)
 
 SCHEMA_HEADER: Headers = (("chorus.schema", b"AgentMessage/1"),)
+# Failures of the setup, not of a message: keep the message in the spool and retry later
+# instead of dead-lettering everything while credentials or topics are wrong.
+_NOT_THE_MESSAGES_FAULT = (AuthenticationError, TopicError)
 _POLL_INTERVAL = 0.01
 """Seconds between delivery-report polls while sending: batches the embedded log's writes."""
 
@@ -154,7 +157,7 @@ class AgentClient:
             self._producer.poll(0.05)
             return False
         except BusError as exc:
-            if exc.retriable or isinstance(exc, AuthenticationError):
+            if exc.retriable or isinstance(exc, _NOT_THE_MESSAGES_FAULT):
                 self.breaker.record_failure()
                 return False
             self._dead_letter(record, exc)
@@ -172,7 +175,7 @@ class AgentClient:
             if record.topic == self.topic:
                 self.delivered += 1
             return
-        if error.retriable or isinstance(error, AuthenticationError):
+        if error.retriable or isinstance(error, _NOT_THE_MESSAGES_FAULT):
             log.warning("delivery of spooled record %d failed, will retry: %s", seq, error)
             self.breaker.record_failure()
             self._resend_from = seq if self._resend_from is None else min(self._resend_from, seq)
