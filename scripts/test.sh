@@ -2,7 +2,7 @@
 # Set up everything and run the whole test suite (what CI runs). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --with-kafka
+bash scripts/setup.sh --with-kafka --with-browser
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?
