@@ -1,0 +1,207 @@
+"""What the causal-graph widget draws, as plain data: filters, level of detail, classes.
+
+:func:`graph_model` turns a :class:`~chorus_lab.live.state.LiveState` plus the viewer's
+:class:`GraphFilters` (agent search, trust range, relationship types, time window, a time
+to scrub back to, the selected agent) into a :class:`GraphModel`: the visible nodes and
+edges with their cytoscape classes, positions, a summary line and a text fallback.
+The widget (``graph_view.py``) only applies differences between two models.
+
+Classes: nodes ``quarantined``, ``loop``, ``alerting``, ``selected``; edges the
+relationship type, ``loop`` (a hop of a routing loop), ``affected`` (a path a quarantine
+cuts), ``strong``/``fading`` by strength.
+
+>>> from datetime import datetime, UTC
+>>> from chorus_lab.live.state import LiveState, _put_edge
+>>> state = LiveState()
+>>> _put_edge(state, ("a", "b", "request"), 0.8, "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:00.000000Z")
+>>> model = graph_model(state, GraphFilters())
+>>> [n.id for n in model.nodes], [(e.source, e.target, e.classes) for e in model.edges]
+(['a', 'b'], [('a', 'b', 'request strong')])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from chorus_lab.live import layout
+from chorus_lab.live.lod import DEFAULT_MAX_VISIBLE, NodeFacts, select_visible, summary_line
+from chorus_lab.live.render import trust_text
+from chorus_lab.live.state import EdgeKey, LiveState
+from chorus_lab.schema import format_timestamp, parse_timestamp
+
+RELATIONSHIP_TYPES = ("request", "dependency", "conflict")
+DEFAULT_MAX_VISIBLE_EDGES = 600
+
+
+@dataclass(frozen=True, slots=True)
+class GraphFilters:
+    """What the viewer asked to see."""
+
+    search: str = ""
+    """Substring of agent ids to keep (case-insensitive); empty keeps all."""
+    trust_min: float = 0.0
+    trust_max: float = 100.0
+    relationships: frozenset[str] = frozenset(RELATIONSHIP_TYPES)
+    window_s: float | None = None
+    """Only edges updated within this many seconds before the latest event time."""
+    at: str | None = None
+    """Scrub back: show the graph as of this event time (ISO-8601); None is live."""
+    selected: str | None = None
+    max_visible: int = DEFAULT_MAX_VISIBLE
+    max_visible_edges: int = DEFAULT_MAX_VISIBLE_EDGES
+    """Edges drawn at most: loop, quarantine and selected-agent edges first, then the strongest."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    id: str
+    label: str
+    classes: str
+    trust: float
+    position: tuple[float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeView:
+    id: str
+    source: str
+    target: str
+    relationship: str
+    strength: float
+    classes: str
+
+
+@dataclass(frozen=True, slots=True)
+class GraphModel:
+    nodes: list[NodeView] = field(default_factory=list)
+    edges: list[EdgeView] = field(default_factory=list)
+    summary: str = ""
+    total_agents: int = 0
+    total_edges: int = 0
+
+    def text(self, limit: int = 60) -> str:
+        """The text fallback: the summary, then one line per visible edge."""
+        lines = [self.summary]
+        for node in self.nodes:
+            if "quarantined" in node.classes:
+                lines.append(f"[quarantined] {node.id} (trust {trust_text(node.trust)})")
+        for edge in self.edges[:limit]:
+            marks = " ".join(c for c in edge.classes.split() if c in ("loop", "affected"))
+            lines.append(f"{edge.source} -{edge.relationship}-> {edge.target} ({edge.strength:.2f}){' ' + marks if marks else ''}")
+        if len(self.edges) > limit:
+            lines.append(f"… {len(self.edges) - limit} more edges")
+        return "\n".join(lines)
+
+
+def edge_id(key: EdgeKey) -> str:
+    """The cytoscape id of an edge.
+
+    >>> edge_id(("a", "b", "request"))
+    'a->b:request'
+    """
+    return f"{key[0]}->{key[1]}:{key[2]}"
+
+
+def loop_hops(loops: Iterable[list[str]]) -> set[tuple[str, str]]:
+    """The directed hops of the given cycles.
+
+    >>> sorted(loop_hops([["a", "b", "c"]]))
+    [('a', 'b'), ('b', 'c'), ('c', 'a')]
+    """
+    hops: set[tuple[str, str]] = set()
+    for loop in loops:
+        for i, agent in enumerate(loop):
+            hops.add((agent, loop[(i + 1) % len(loop)]))
+    return hops
+
+
+def _cutoff(state: LiveState, filters: GraphFilters) -> str | None:
+    if filters.window_s is None:
+        return None
+    now = filters.at or state.watermark
+    if not now:
+        return None
+    return format_timestamp(parse_timestamp(now) - timedelta(seconds=filters.window_s))
+
+
+def graph_model(state: LiveState, filters: GraphFilters, positions: dict[str, tuple[float, float]] | None = None) -> GraphModel:
+    """The graph to draw for ``filters``; ``positions`` are the ones already on screen.
+
+    O(agents + edges) for the filters plus O(n log n) for the level of detail.
+    """
+    cutoff = _cutoff(state, filters)
+    at = filters.at
+    search = filters.search.strip().lower()
+    loops = [] if at else state.loops
+    loop_agents = {a for loop in loops for a in loop}
+    alerting = state.alerting_agents()
+    neighbours: dict[str, set[str]] = {}
+    kept_edges: list[tuple[EdgeKey, float]] = []
+    for key, info in state.edges.items():
+        if key[2] not in filters.relationships:
+            continue
+        if at is not None and info.first_seen > at:
+            continue
+        if cutoff is not None and info.last_updated < cutoff:
+            continue
+        kept_edges.append((key, info.strength))
+        neighbours.setdefault(key[0], set()).add(key[1])
+        neighbours.setdefault(key[1], set()).add(key[0])
+    facts: dict[str, NodeFacts] = {}
+    # The selected agent and its neighbourhood stay visible whatever the search says.
+    near = neighbours.get(filters.selected, set()) if filters.selected else set()
+    for agent, info in state.agents.items():
+        if search and search not in agent.lower() and agent != filters.selected and agent not in near:
+            continue
+        if not filters.trust_min <= info.trust <= filters.trust_max:
+            continue
+        if at is not None and agent not in neighbours and (not info.last_seen or info.last_seen > at):
+            continue
+        if cutoff is not None and agent not in neighbours and info.last_seen < cutoff and not info.quarantined:
+            continue
+        facts[agent] = NodeFacts(
+            quarantined=info.quarantined,
+            in_loop=agent in loop_agents,
+            alerts=alerting.get(agent, 0),
+            messages=info.messages,
+            degree=len(neighbours.get(agent, ())),
+        )
+    visible = select_visible(facts, neighbours, max_visible=filters.max_visible, selected=filters.selected)
+    shown = set(visible)
+    quarantined = [a for a in visible if facts[a].quarantined]
+    placed = layout.place(positions or {}, sorted(visible), neighbours, quarantined=quarantined)
+    hops = loop_hops(loops)
+    affected = {tuple(p) for a in quarantined for p in state.agents[a].affected_paths}
+    nodes = []
+    for agent in sorted(visible):
+        f = facts[agent]
+        classes = [c for c, on in (("quarantined", f.quarantined), ("loop", f.in_loop), ("alerting", f.alerts > 0),
+                                   ("selected", agent == filters.selected)) if on]
+        nodes.append(NodeView(agent, agent, " ".join(classes), state.agents[agent].trust, placed[agent]))
+    candidates = []
+    for key, strength in kept_edges:
+        if key[0] not in shown or key[1] not in shown:
+            continue
+        marks = []
+        if (key[0], key[1]) in hops:
+            marks.append("loop")
+        if key in affected or facts[key[0]].quarantined or facts[key[1]].quarantined:
+            marks.append("affected")
+        pinned = bool(marks) or filters.selected in (key[0], key[1])
+        candidates.append(((not pinned, -strength, key), key, strength, marks))
+    # Each edge is a widget on the page: keep the marked ones and the strongest.
+    chosen = sorted(candidates)[: filters.max_visible_edges]
+    edges = []
+    for _, key, strength, marks in sorted(chosen, key=lambda c: c[1]):
+        classes = [key[2], *marks]
+        classes.append("strong" if strength >= 0.7 else "fading" if strength < 0.2 else "")
+        edges.append(EdgeView(edge_id(key), key[0], key[1], key[2], round(strength, 2), " ".join(c for c in classes if c)))
+    hidden_quarantined = sum(1 for a, f in facts.items() if f.quarantined and a not in shown)
+    summary = summary_line(len(facts), len(visible), hidden_quarantined, len(kept_edges) - len(edges))
+    if len(candidates) > len(edges):
+        summary += f"; {len(candidates) - len(edges)} weaker edges between shown agents hidden"
+    if at is not None:
+        summary = f"as of {at}: " + summary
+    return GraphModel(nodes, edges, summary, len(facts), len(kept_edges))
