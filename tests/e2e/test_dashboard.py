@@ -1,0 +1,153 @@
+"""The operator dashboard in real Chromium, fed live by the pipeline (see conftest.py).
+
+Every page blocks and records requests to non-loopback hosts; ``open_page`` fails the test
+if there was one. Waits are conditions with deadlines (``wait_for_function`` or a polled
+comparison across pages), never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import LiveStack, counts, trust_rows, wait_rendered
+
+LIVE_MS = 90_000
+"""Deadline for fed messages to reach a page through both pipeline stages and a kernel."""
+SAME_FIELDS = ("nodes", "edges", "alerts", "decisions", "agents", "quarantined")
+
+CYTOSCAPE_JS = "[...document.querySelectorAll('.custom-widget')].find(e => e._cyreg && e._cyreg.cy)._cyreg.cy"
+
+
+@pytest.fixture(scope="module")
+def stack(live_stack: LiveStack) -> LiveStack:
+    """The live stack with a first fleet already on the bus."""
+    if live_stack.sent == 0:
+        live_stack.feed(1500)
+    return live_stack
+
+
+def visible_state(page: Any) -> tuple[dict[str, int], dict[str, list[str]]]:
+    shown = counts(page)
+    return {k: shown[k] for k in SAME_FIELDS}, trust_rows(page)
+
+
+def wait_same_state(pages: list[Any], timeout_s: float = LIVE_MS / 1000) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Poll until every page shows the same counts and trust rows twice in a row; return that state."""
+    deadline = time.monotonic() + timeout_s
+    previous: Any = None
+    states: list[Any] = []
+    while time.monotonic() < deadline:
+        states = [visible_state(page) for page in pages]
+        if all(state == states[0] for state in states) and states[0] == previous:
+            return states[0]
+        previous = states[0] if all(state == states[0] for state in states) else None
+        # Let the pages' event loops run between two reads (a bounded wait, not the condition).
+        pages[0].wait_for_timeout(1000)
+    raise AssertionError(f"pages did not converge within {timeout_s:.0f} s: {[s[0] for s in states]}")
+
+
+def test_graph_and_trust_list_render(stack: LiveStack, open_page: Any) -> None:
+    page = open_page(stack.url)
+    shown = counts(page)
+    rows = trust_rows(page)
+    assert shown["nodes"] > 0 and shown["edges"] > 0 and shown["decisions"] > 0
+    assert len(rows) == min(shown["agents"], 200), "one trust row per agent"
+    assert all(0.0 <= float(trust) <= 100.0 for trust, _ in rows.values())
+    graph = page.evaluate(f"() => {{ const cy = {CYTOSCAPE_JS}; const box = cy.container().getBoundingClientRect();"
+                          " return {nodes: cy.nodes().map(n => n.id()), width: box.width, height: box.height}; }")
+    assert graph["width"] > 100 and graph["height"] > 100, f"the graph has no room: {graph}"
+    assert set(graph["nodes"]) & set(rows), "graph nodes are agents of the trust list"
+
+
+def test_live_updates_arrive_without_a_reload(stack: LiveStack, open_page: Any) -> None:
+    page = open_page(stack.url)
+    before = counts(page)
+    trust_before = trust_rows(page)
+    page.evaluate("() => { window.chorusNoReload = 'still here'; }")
+
+    stack.feed(1500)
+
+    page.wait_for_function(
+        """([before, trustBefore]) => {
+            const c = document.querySelector('.chorus-state .chorus-counts');
+            const rows = [...document.querySelectorAll('.chorus-trust tr[data-agent]')];
+            const trustChanged = rows.some(r => !(r.dataset.agent in trustBefore) || trustBefore[r.dataset.agent][0] !== r.dataset.trust);
+            return c && Number(c.dataset.version) > before.version && Number(c.dataset.edges) !== before.edges && trustChanged;
+        }""",
+        arg=[before, trust_before],
+        timeout=LIVE_MS,
+    )
+    assert page.evaluate("() => window.chorusNoReload") == "still here", "the page was reloaded"
+
+
+def test_clicking_a_node_shows_that_agents_details(stack: LiveStack, open_page: Any) -> None:
+    page = open_page(stack.url)
+    # A node well inside the canvas (not under another node's label): the one farthest from the rest.
+    target = page.evaluate(
+        f"""() => {{
+            const cy = {CYTOSCAPE_JS};
+            cy.userPanningEnabled(false);
+            const box = cy.container().getBoundingClientRect();
+            const nodes = cy.nodes().filter(n => !n.isParent());
+            let best = null, bestDistance = -1;
+            nodes.forEach(n => {{
+                const p = n.renderedPosition();
+                if (p.x < 20 || p.y < 20 || p.x > box.width - 20 || p.y > box.height - 20) return;
+                let nearest = Infinity;
+                nodes.forEach(m => {{ if (m !== n) {{ const q = m.renderedPosition(); nearest = Math.min(nearest, Math.hypot(p.x - q.x, p.y - q.y)); }} }});
+                if (nearest > bestDistance) {{ bestDistance = nearest; best = {{id: n.id(), x: box.left + p.x, y: box.top + p.y}}; }}
+            }});
+            return best;
+        }}"""
+    )
+    assert target is not None, "no node is drawn inside the graph's canvas"
+    page.mouse.click(target["x"], target["y"])
+    page.wait_for_selector(f'.chorus-agent-panel [data-agent="{target["id"]}"]', timeout=LIVE_MS)
+    detail = page.inner_text(".chorus-agent-panel")
+    assert target["id"] in detail and "trust" in detail
+
+
+def test_two_pages_converge_and_a_late_or_reloaded_page_shows_the_full_state(stack: LiveStack, open_page: Any) -> None:
+    first = open_page(stack.url)
+    second = open_page(stack.url)
+    version_before = max(counts(first)["version"], counts(second)["version"])
+
+    stack.feed(1200)
+    for page in (first, second):
+        page.wait_for_function("(v) => Number(document.querySelector('.chorus-state .chorus-counts').dataset.version) > v", arg=version_before, timeout=LIVE_MS)
+    stack.wait_pipeline_idle()  # the stream pauses
+    together = wait_same_state([first, second])
+    assert together[0]["agents"] > 0 and together[1]
+
+    late = open_page(stack.url)
+    assert wait_same_state([first, second, late]) == together, "a page opened late shows less (or more) than the others"
+
+    first.reload()
+    wait_rendered(first)
+    assert wait_same_state([first, second, late]) == together, "a reloaded page does not show the full state"
+
+
+def test_a_request_without_the_token_is_refused(stack: LiveStack, open_page: Any) -> None:
+    settings = stack.server.settings
+    assert settings.token, "the dashboard runs with token authentication"
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    for url in (settings.base_url, settings.base_url + "?token=wrong-" + settings.token[:8], settings.base_url + "api/kernels"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(url, timeout=30)
+        assert refused.value.code in (302, 401, 403), f"{url.replace(settings.token[:8], '…')} answered {refused.value.code}"
+        if refused.value.code == 302:
+            assert "/login" in refused.value.headers["Location"]
+
+    page = open_page(settings.base_url, wait_for_state=False)
+    assert page.locator(".chorus-state").count() == 0
+    assert page.locator("input[type=password], input[name=password]").count() >= 1, "the login page asks for the token"
