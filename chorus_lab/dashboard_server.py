@@ -39,6 +39,8 @@ TEMPLATE_ROOT = DASHBOARDS_DIR / "jupyter"
 TEMPLATE = "chorus"
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8866
+ORPHAN_ENV = "CHORUS_DASHBOARD_ORPHAN_S"
+"""How the server tells the dashboard notebook its ``orphan_after_s`` (seconds)."""
 
 
 class DashboardError(RuntimeError):
@@ -90,6 +92,10 @@ class DashboardSettings:
     notebook: Path = DEFAULT_NOTEBOOK
     cull_idle_timeout_s: int = 600
     cull_interval_s: int = 60
+    orphan_after_s: float = 300.0
+    """A dashboard whose page stopped ticking for this long detaches and stops its consumer
+    (``OperatorDashboard(orphan_after_s=...)``), so its kernel falls silent and is culled
+    ``cull_idle_timeout_s`` later."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -98,6 +104,8 @@ class DashboardSettings:
             raise ValueError("token: must not be empty (use None to turn authentication off)")
         if self.cull_idle_timeout_s <= 0 or self.cull_interval_s <= 0:
             raise ValueError("cull_idle_timeout_s and cull_interval_s: must be positive")
+        if self.orphan_after_s <= 0:
+            raise ValueError(f"orphan_after_s: must be positive, got {self.orphan_after_s}")
 
     @property
     def base_url(self) -> str:
@@ -150,6 +158,7 @@ def voila_environment(settings: DashboardSettings, base: Mapping[str, str]) -> d
     """
     env = dict(base)
     env[BUS_ENV] = settings.bus_url
+    env[ORPHAN_ENV] = f"{settings.orphan_after_s:g}"
     env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(TEMPLATE_ROOT), base.get("JUPYTER_PATH", "")) if p)
     env.pop("JUPYTER_TOKEN", None)
     env.pop("JUPYTER_TOKEN_FILE", None)

@@ -70,6 +70,7 @@ class OperatorDashboard(w.VBox):
         self.last_beat: float | None = None
         """When a page last showed it was open (None: no page seen yet, e.g. papermill)."""
         self._last_kick = 0.0
+        self._created = time.monotonic()
         # A page that is open ticks this hidden Play widget every heartbeat_s; when the ticks
         # stop for orphan_after_s (tab closed), the dashboard detaches and the session stops.
         # Without that the widget traffic would keep the kernel "active" and never culled.
@@ -163,7 +164,9 @@ class OperatorDashboard(w.VBox):
     def check_viewers(self) -> bool:
         """Keep the page's heartbeat going; detach when it stopped. Return whether still attached."""
         now = time.monotonic()
-        if self.last_beat is not None and now - self.last_beat > self.orphan_after_s:
+        # A page closed before its first tick counts from the dashboard's creation, or its
+        # re-arming traffic would keep the kernel "active" for ever.
+        if now - (self.last_beat if self.last_beat is not None else self._created) > self.orphan_after_s:
             self.close()
             return False
         stale = self.last_beat is None or now - self.last_beat > 3 * self.heartbeat_s

@@ -96,3 +96,39 @@ def test_demo_serves_a_live_dashboard_and_ctrl_c_stops_everything(tmp_path: Path
         if demo.poll() is None:
             demo.kill()
             demo.wait(10)
+
+
+def _kernels(pid: int) -> list[int]:
+    """The ipykernel processes below ``pid`` (Voila starts one per page view)."""
+    found = []
+    for child in descendants(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ipykernel" in command and _alive(child):
+            found.append(child)
+    return found
+
+
+def test_a_closed_pages_kernel_is_culled(tmp_path: Path, open_page: Any) -> None:
+    """Closing the tab must not leave a kernel consuming the bus until the server stops."""
+    from chorus_lab import config
+    from chorus_lab.bus import open_bus
+    from chorus_lab.dashboard_server import DashboardServer, DashboardSettings
+
+    bus_url = f"embedded://{tmp_path / 'bus'}"
+    bus = open_bus(bus_url)
+    bus.admin().create_topics(config.topic_specs())
+    bus.close()
+    settings = DashboardSettings(bus_url, port=free_loopback_port(), cull_idle_timeout_s=10, cull_interval_s=2, orphan_after_s=8)
+    with (tmp_path / "voila.log").open("wb") as log, DashboardServer(settings, log=log) as server:
+        assert server.pid is not None
+        page = open_page(server.url, wait_for_state=False)
+        page.wait_for_selector(".chorus-state .chorus-counts", state="attached", timeout=120_000)
+        assert _kernels(server.pid), "the page's kernel is running while the page is open"
+        page.context.close()
+        deadline = time.monotonic() + 120
+        while _kernels(server.pid) and time.monotonic() < deadline:
+            time.sleep(1.0)  # the polling interval of a condition with a deadline
+        assert not _kernels(server.pid), "the closed page's kernel was still running 120 s later"

@@ -135,17 +135,28 @@ def test_a_dashboard_whose_page_went_away_detaches_and_stops_the_session(fleet_b
     bus, _ = fleet_bus
     session = LiveSession(bus=bus, refresh_s=0.05)
     session.tick_s = 0.1
-    dash = OperatorDashboard(session, heartbeat_s=0.1, orphan_after_s=0.6)
+    dash = OperatorDashboard(session, heartbeat_s=0.1, orphan_after_s=1.5)
     try:
-        time.sleep(1.0)  # several ticks without any page: papermill, or a page not yet connected
-        assert session.running, "no page seen yet (papermill, or a page not yet connected): stay attached"
         plays = set()
         wait_for(lambda: plays.add(dash.heartbeat.playing) or plays == {True, False}, "the heartbeat to be re-armed (off, then on)")
-        for _ in range(10):  # a page ticking the Play widget, as its front end does
+        ticking_until = time.monotonic() + 2.5  # longer than orphan_after_s: ticks keep it attached
+        while time.monotonic() < ticking_until:  # a page ticking the Play widget, as its front end does
             dash.heartbeat.value += 1
             time.sleep(0.05)
-        assert session.running
+        assert session.running, "a page that ticks keeps the dashboard attached"
         wait_for(lambda: not session.running, "the orphaned dashboard to stop its session", timeout=10)
+    finally:
+        dash.close()
+
+
+def test_a_dashboard_no_page_ever_ticked_detaches_after_orphan_after_s(fleet_bus: tuple[Bus, int]) -> None:
+    bus, _ = fleet_bus
+    session = LiveSession(bus=bus, refresh_s=0.05)
+    session.tick_s = 0.1
+    dash = OperatorDashboard(session, heartbeat_s=0.1, orphan_after_s=0.6)
+    try:
+        # A tab closed before its first tick: re-arming the heartbeat for ever would keep the kernel "active".
+        wait_for(lambda: not session.running, "the never-watched dashboard to stop its session", timeout=10)
     finally:
         dash.close()
 
