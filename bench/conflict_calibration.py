@@ -26,26 +26,46 @@ from __future__ import annotations
 import argparse
 import bisect
 import sys
+from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chorus_lab import simulate  # noqa: E402
 from chorus_lab.bus.partitioner import partition_for_key  # noqa: E402
+from chorus_lab.engine import LedgerPredictor  # noqa: E402
+from chorus_lab.engine.global_ledger import GlobalLedgerTable, GlobalTablePredictor  # noqa: E402
 from chorus_lab.pipeline import RecordMeta, Stage1  # noqa: E402
+from chorus_lab.stage2 import Stage2  # noqa: E402
 
 BANDS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0000001)
 
 
-def scored_requests(messages: list, partitions: int) -> list[tuple[float, bool]]:
-    """(risk, denied) for every answered request, deciding the fleet through Stage1."""
-    stage = Stage1()
+def scored_requests(messages: list, partitions: int, global_lag: int | None = None) -> list[tuple[float, bool]]:
+    """(risk, denied) for every answered request, deciding the fleet through Stage1.
+
+    ``global_lag``: feed the decisions to stage 2's core as well and let every partition's
+    predictor read stage 2's published ledger (``engine.global_ledger``), each record
+    arriving ``global_lag`` messages after the decision that produced it (the pipeline's
+    latency: stage 1's batch, stage 2's batch, the table consumer's poll).
+    """
+    table = GlobalLedgerTable()
+    stage = Stage1(predictor=GlobalTablePredictor(LedgerPredictor(), table)) if global_lag is not None else Stage1()
+    stage2 = Stage2() if global_lag is not None else None
+    in_flight: deque[tuple[int, list]] = deque()
     risk: dict[str, float] = {}
     for offset, message in enumerate(messages):
+        while in_flight and in_flight[0][0] <= offset:
+            for record in in_flight.popleft()[1]:
+                table.apply(record.to_dict())
         key = message.agent_id.encode()
         out = stage.decide(RecordMeta("agent-messages-raw", partition_for_key(key, partitions), offset, key=key), message)
         if out.decision is not None and message.content.get("action") == "request_resource":
             risk[message.message_id] = out.decision.conflict_analysis.risk
+        if stage2 is not None and out.decision is not None:
+            updates = stage2.process(out.decision).ledger_updates
+            if updates:
+                in_flight.append((offset + max(1, global_lag or 0), updates))
     outcome: dict[str, bool] = {}
     for message in messages:
         if message.causation_id in risk and message.content.get("action") in ("grant", "deny"):
@@ -81,21 +101,27 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--messages", type=int, default=15_000)
     parser.add_argument("--seeds", default="3,4,5")
+    parser.add_argument("--lag", type=int, default=500, help="messages between a decision and its ledger record reaching stage 1 (default %(default)s)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"simulated fleets: {args.agents} agents, {args.messages} benign messages + all scenarios, seeds {seeds}\n")
-    pooled: dict[int, list[tuple[float, bool]]] = {1: [], 6: []}
-    print(f"{'seed':>5} {'requests':>9} {'denied':>7}   {'AUC 1 partition':>16} {'AUC 6 partitions':>17}")
+    layouts = {
+        "1 partition": (1, None),
+        "6 partitions, local ledgers": (6, None),
+        f"6 partitions, global table (lag {args.lag})": (6, args.lag),
+    }
+    pooled: dict[str, list[tuple[float, bool]]] = {name: [] for name in layouts}
+    print(f"{'seed':>5} {'requests':>9} {'denied':>7}   " + "   ".join(f"AUC {name}" for name in layouts))
     for seed in seeds:
         fleet = simulate.simulate(simulate.SimulationConfig(agents=args.agents, messages=args.messages, seed=seed)).messages
-        per_layout = {partitions: scored_requests(fleet, partitions) for partitions in pooled}
-        for partitions, scored in per_layout.items():
-            pooled[partitions] += scored
-        one = per_layout[1]
-        print(f"{seed:>5} {len(one):>9} {sum(d for _, d in one):>7}   {roc_auc(one):>16.3f} {roc_auc(per_layout[6]):>17.3f}")
+        per_layout = {name: scored_requests(fleet, partitions, lag) for name, (partitions, lag) in layouts.items()}
+        for name, scored in per_layout.items():
+            pooled[name] += scored
+        one = per_layout["1 partition"]
+        print(f"{seed:>5} {len(one):>9} {sum(d for _, d in one):>7}   " + "   ".join(f"{roc_auc(per_layout[name]):>{4 + len(name)}.3f}" for name in layouts))
     print()
-    for partitions, scored in pooled.items():
-        print(f"all seeds, {partitions} partition(s): ROC AUC {roc_auc(scored):.3f}   (goal >= 0.85)")
+    for name, scored in pooled.items():
+        print(f"all seeds, {name}: ROC AUC {roc_auc(scored):.3f}   (goal >= 0.85)")
         for band, count, rate in bands(scored):
             print(f"    risk {band}: {count:>6} requests, {rate:6.1%} denied")
     return 0

@@ -7,10 +7,10 @@ delay from a label's onset to its first alert, and false alerts per 10,000 benig
 messages on benign-only runs. It also prints the precision of all alerts by confidence
 band (does a 0.9 mean more than a 0.6?).
 
-The analysis step is :func:`analyze_in_process` (pure, in-process). To score the
-``chorus-lab analyze`` command instead, pass a function with the same signature —
-``(messages) -> list[Alert]`` — as ``analyze=`` to :func:`evaluate` (or set
-``ANALYZE``).
+The analysis step is :func:`analyze_with_command`: what ``chorus-lab analyze`` runs
+(``processor.analyze_file``: both stage shells, transactions, trust signals fed back to
+stage 1 a batch later). ``--in-process`` scores :func:`analyze_in_process` instead (the
+pure cores in one loop, signals fed back at once), for comparison.
 
 Matching: an alert (its first emission; updates share its ``alert_id``) *detects* a label
 when the pattern is the same, it names at least one of the label's agents, and it was
@@ -66,7 +66,23 @@ def analyze_in_process(messages: Sequence[AgentMessage], config: Stage2Config | 
     return alerts
 
 
-ANALYZE: Analyze = analyze_in_process
+def analyze_with_command(messages: Sequence[AgentMessage]) -> list[Alert]:
+    """What ``chorus-lab analyze`` does (``processor.analyze_file``): the messages as a JSONL
+    file, through both stage shells on a fresh embedded bus; the alerts it writes."""
+    import tempfile
+
+    from chorus_lab.processor import analyze_file
+    from chorus_lab.schema import decode, encode
+
+    with tempfile.TemporaryDirectory(prefix="chorus-bench-") as scratch:
+        source = Path(scratch) / "input.jsonl"
+        source.write_bytes(b"".join(encode(m) + b"\n" for m in messages))
+        analyze_file(source, Path(scratch) / "out")
+        lines = (Path(scratch) / "out" / "system-alerts.jsonl").read_bytes().splitlines()
+    return [decode(Alert, line) for line in lines]
+
+
+ANALYZE: Analyze = analyze_with_command
 
 
 @dataclass
@@ -255,11 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-kind", type=int, default=2, help="scenarios of each kind per labelled run (default 2)")
     parser.add_argument("--quick", action="store_true", help="seeds 1,2 and a fleet of 50 only")
     parser.add_argument("--show", type=int, default=0, help="print up to N misses and false alerts")
+    parser.add_argument("--in-process", action="store_true", help="score the pure cores in one loop instead of chorus-lab analyze")
     args = parser.parse_args(argv)
     fleets = [50] if args.quick else [int(x) for x in args.fleets.split(",")]
     seeds = [1, 2] if args.quick else [int(x) for x in args.seeds.split(",")]
     for agents in fleets:
-        report = evaluate([agents], seeds, args.messages, args.per_kind, verbose=True)
+        report = evaluate([agents], seeds, args.messages, args.per_kind, analyze=analyze_in_process if args.in_process else analyze_with_command, verbose=True)
         print(render(report, f"{agents} agents, seeds {','.join(map(str, seeds))}, {args.messages:,} benign messages per run"))
         print()
         if args.show:

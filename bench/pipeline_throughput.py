@@ -198,7 +198,8 @@ def latency(
     prefix = f"lat{uuid.uuid4().hex[:6]}-"
     topics = make_topics(bus, prefix, append_time=True)
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--bootstrap", bootstrap, "--prefix", prefix, "--batch-size", str(settings.batch_size)],
+        [sys.executable, __file__, "--serve", kind, "--bootstrap", bootstrap, "--prefix", prefix, "--batch-size", str(settings.batch_size)]
+        + ([] if settings.global_ledger else ["--no-global-ledger"]),
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -264,9 +265,9 @@ def raw_append_times(bus: KafkaBus, topic: str) -> dict[str, float]:
 # --------------------------------------------------------------------------- the run
 
 
-def run(bootstrap: str, count: int, rounds: int, rate: float, seconds: float, batch_size: int, warm_up: float) -> None:
+def run(bootstrap: str, count: int, rounds: int, rate: float, seconds: float, batch_size: int, warm_up: float, global_ledger: bool = True) -> None:
     bus = KafkaBus(bootstrap, properties={})
-    settings = ProcessorSettings(batch_size=batch_size, snapshot_every=5000)
+    settings = ProcessorSettings(batch_size=batch_size, snapshot_every=5000, global_ledger=global_ledger)
     messages = fleet(max(count, int(rate * seconds)))
     size = sum(len(encode(m)) for m in messages[:1000]) / 1000
     print(f"stage 1 vs a transactional pass-through; {os.cpu_count()} cores; batch {batch_size} records per transaction\n")
@@ -308,16 +309,17 @@ def main() -> int:
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one for the run)")
     parser.add_argument("--serve", choices=["stage1", "passthrough"], help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--no-global-ledger", action="store_true", help="stage 1 without the global ledger table reader (for comparison)")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.bootstrap, args.prefix, ProcessorSettings(batch_size=args.batch_size))
+        serve(args.serve, args.bootstrap, args.prefix, ProcessorSettings(batch_size=args.batch_size, global_ledger=not args.no_global_ledger))
         return 0
     if args.bootstrap:
-        run(args.bootstrap, args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up)
+        run(args.bootstrap, args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up, not args.no_global_ledger)
         return 0
     install(progress=lambda text: print(text, file=sys.stderr))
     with tempfile.TemporaryDirectory() as folder, LocalBroker(BrokerConfig(data_dir=Path(folder))) as broker:
-        run(broker.info.bootstrap, args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up)
+        run(broker.info.bootstrap, args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up, not args.no_global_ledger)
     return 0
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from chorus_lab import config
-from chorus_lab.bus import BusError, TopicPartition, open_bus, resolve_bus_url
+from chorus_lab.bus import Bus, BusError, TopicPartition, open_bus, resolve_bus_url
 from chorus_lab.schema import AgentMessage, SchemaError, decode_agent_message
 
 Handler = Callable[[argparse.Namespace], int]
@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=100.0, help="messages per second (default %(default)s)")
     demo.add_argument("--messages", type=int, default=30_000, help="benign messages in the simulated fleet (default %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--scenarios", default="all", help="incidents mixed into the fleet, e.g. routing_loop=2,byzantine=1 (default %(default)s)")
+    demo.add_argument("--once", action="store_true", help="stop by itself once the whole fleet is sent and stage 1 decided it (for scripts and tests)")
+    _dashboard_options(demo)
+
+    dashboard = command("dashboard", _dashboard, "serve the operator dashboard (Voila) on 127.0.0.1")
+    bus_option(dashboard)
+    _dashboard_options(dashboard)
 
     broker = command("broker", _broker, "install, start, stop or inspect a local Apache Kafka broker")
     broker.add_argument("action", choices=["install", "start", "stop", "status"])
@@ -96,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092, help="PLAINTEXT port on 127.0.0.1 (default %(default)s)")
     broker.add_argument("--sasl", action="store_true", help="also open a SASL_SSL/PLAIN listener with a self-signed certificate")
     _add_pipeline_commands(command, bus_option)
+    from chorus_lab.history.commands import add_history_commands  # query, replay, audit
+
+    add_history_commands(command, bus_option)
     return parser
 
 
@@ -270,32 +280,80 @@ def _send_paced(bus_url: str | None, messages: Iterable[AgentMessage], rate: flo
     return sent
 
 
+def _dashboard_options(sub: argparse.ArgumentParser) -> None:
+    from chorus_lab.dashboard_server import DEFAULT_PORT
+
+    sub.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the dashboard on 127.0.0.1 (default %(default)s)")
+    sub.add_argument("--no-token", action="store_true", help="serve without token authentication (anyone on this machine can open it)")
+
+
+def _start_dashboard(args: argparse.Namespace, bus_url: str) -> DashboardServer:  # noqa: F821 (imported lazily)
+    """Start Voila on the dashboard notebook and print its URL (with the token)."""
+    from chorus_lab.dashboard_server import DashboardServer, DashboardSettings, absolute_bus_url, new_token
+
+    settings = DashboardSettings(absolute_bus_url(bus_url), port=args.port, token=None if args.no_token else new_token())
+    server = DashboardServer(settings)
+    server.start()
+    print(f"dashboard: {server.url}", flush=True)
+    return server
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from chorus_lab.dashboard_server import DashboardError
+
+    stop = _stop_on_signals()
+    server = _start_dashboard(args, resolve_bus_url(args.bus))
+    try:
+        print("Ctrl-C to stop.", flush=True)
+        while not stop.wait(1.0):
+            if not server.alive:
+                raise DashboardError("the Voila server stopped unexpectedly")
+    finally:
+        server.stop()
+    print("dashboard stopped", flush=True)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from chorus_lab import simulate
+    from chorus_lab.processor import default_instance_id, run_pipeline
 
+    scenarios = simulate.parse_scenarios(args.scenarios)
+    fleet = simulate.SimulationConfig(agents=args.agents, messages=args.messages, seed=args.seed, scenarios=scenarios, start=datetime.now(UTC))
     bus = open_bus(args.bus)
     created = bus.admin().create_topics(config.topic_specs())
-    print(f"chorus-lab demo on {bus.url} ({len(created)} topics created). Ctrl-C to stop.", flush=True)
-    fleet = simulate.SimulationConfig(agents=args.agents, messages=args.messages, seed=args.seed, start=datetime.now(UTC))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ready = threading.Event()
+    stop = _stop_on_signals()
+    print(f"chorus-lab demo on {bus.url} ({len(created)} topics created): {args.agents} agents, {args.rate:g} msg/s, scenarios {args.scenarios or 'none'}", flush=True)
+    server = _start_dashboard(args, bus.url)
     sent: list[int] = []
 
     def send() -> None:
-        ready.wait()
         sent.append(_send_paced(bus.url, simulate.iter_messages(fleet), args.rate, stop))
+        if args.once:
+            _stop_when_decided(bus, stop)
 
     sender = threading.Thread(target=send, name="demo-sender", daemon=True)
-    sender.start()
     try:
-        shown = _follow(bus.url, config.RAW, from_beginning=False, stop=stop, ready=ready, until=lambda shown: bool(sent) and shown >= sent[0])
+        sender.start()
+        print("the simulated fleet → agent-messages-raw → pipeline → dashboard. Ctrl-C to stop.", flush=True)
+        # The pipeline runs here, in the main thread, so its per-message time budget (SIGALRM) works.
+        stats = run_pipeline(bus, stop=stop, instance_id=default_instance_id())
     finally:
         stop.set()
-        ready.set()
         sender.join(timeout=15)
-    print(f"{shown} messages went through {bus.url}.")
+        server.stop()
+    print(f"stopped: {sent[0] if sent else 'some'} message(s) sent; pipeline {stats.summary()}", flush=True)
     return 0
+
+
+def _stop_when_decided(bus: Bus, stop: threading.Event) -> None:
+    """Set ``stop`` once stage 1's group has committed every raw message (the demo's ``--once``)."""
+    from chorus_lab.autoscale import group_lag
+    from chorus_lab.processor import DEFAULT_GROUP
+
+    while not stop.wait(0.5):
+        if group_lag(bus, DEFAULT_GROUP, config.RAW)[0] == 0:
+            stop.set()
 
 
 # --------------------------------------------------------------------------- broker
@@ -354,13 +412,15 @@ def _add_pipeline_commands(
     process.add_argument("--max", type=int, default=config.DEFAULT_PARTITIONS, help="with --autoscale: most instances (default %(default)s; never more than partitions)")
     process.add_argument("--lag-threshold", type=int, default=5000, help="with --autoscale: lag one instance absorbs (default %(default)s)")
     process.add_argument("--cooldown", type=float, default=30.0, help="with --autoscale: seconds of low lag before an instance stops (default %(default)s)")
+    process.add_argument("--stage", type=int, choices=(1, 2), default=1,
+                         help="1: conflict prediction, trust, quarantine (default); 2: causal graph, detectors, metrics (single active: a newer instance fences the older; group default chorus-stage2)")
 
     analyze = command("analyze", _analyze, "run the pipeline over a JSON-lines file and write every output topic to a directory")
     analyze.add_argument("input", type=Path, help="one AgentMessage JSON object per line")
     analyze.add_argument("--out", type=Path, required=True, help="directory for <topic>.jsonl files")
     analyze.add_argument("--partitions", type=int, default=1, help="partitions of the scratch bus (default 1: the predictor sees the whole fleet)")
 
-    run = command("run", _run, "run the whole pipeline in one process on the bus (stage 1 for now)")
+    run = command("run", _run, "run the whole pipeline in one process on the bus (stage 1 and stage 2)")
     stage1_options(run)
 
 
@@ -388,12 +448,32 @@ def _process(args: argparse.Namespace) -> int:
     from chorus_lab.processor import StreamProcessor, Topics, default_instance_id
 
     if args.autoscale:
+        if args.stage == 2:
+            raise ValueError("--autoscale scales stage 1; stage 2 runs single-active (start a standby with --stage 2 instead)")
         return _autoscale(args)
+    if args.stage == 2:
+        return _process_stage2(args)
     bus = open_bus(args.bus)
     instance = args.instance or default_instance_id()
     processor = StreamProcessor(bus, args.group, instance, topics=Topics(args.topic_prefix), settings=_stage1_settings(args))
     stop = _stop_on_signals()
     print(f"stage 1 instance {instance} of group {args.group} on {bus.url}; Ctrl-C or SIGTERM to stop", flush=True)
+    stats = processor.run(stop)
+    print(f"stopped: {stats.summary()}", flush=True)
+    return 0
+
+
+def _process_stage2(args: argparse.Namespace) -> int:
+    from chorus_lab.processor import DEFAULT_GROUP, Topics, default_instance_id
+    from chorus_lab.stage2_processor import DEFAULT_STAGE2_GROUP, Stage2Processor, Stage2Settings
+
+    bus = open_bus(args.bus)
+    instance = args.instance or default_instance_id()
+    group = DEFAULT_STAGE2_GROUP if args.group == DEFAULT_GROUP else args.group
+    settings = Stage2Settings(batch_size=args.batch_size, snapshot_every=args.snapshot_every, partitions=args.partitions)
+    processor = Stage2Processor(bus, group, instance, topics=Topics(args.topic_prefix), settings=settings)
+    stop = _stop_on_signals()
+    print(f"stage 2 instance {instance} of group {group} on {bus.url} (fences any older instance of the group); Ctrl-C or SIGTERM to stop", flush=True)
     stats = processor.run(stop)
     print(f"stopped: {stats.summary()}", flush=True)
     return 0
@@ -441,7 +521,7 @@ def _run(args: argparse.Namespace) -> int:
     bus = open_bus(args.bus)
     instance = args.instance or default_instance_id()
     stop = _stop_on_signals()
-    print(f"chorus-lab pipeline on {bus.url} (stage 1 instance {instance}); Ctrl-C or SIGTERM to stop", flush=True)
+    print(f"chorus-lab pipeline on {bus.url} (stages 1 and 2, instance {instance}); Ctrl-C or SIGTERM to stop", flush=True)
     stats = run_pipeline(bus, stop=stop, group_id=args.group, instance_id=instance, topics=Topics(args.topic_prefix), settings=_stage1_settings(args))
     print(f"stopped: {stats.summary()}", flush=True)
     return 0

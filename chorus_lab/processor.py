@@ -89,8 +89,11 @@ from chorus_lab.bus import (
     TopicSpec,
     TransactionAbortedError,
 )
+from chorus_lab.audit import AuditStamper
 from chorus_lab.deadletter import DeadLetter
-from chorus_lab.engine import EngineConfig, Predictor
+from chorus_lab.engine import EngineConfig, LedgerPredictor, Predictor
+from chorus_lab.engine.global_ledger import GlobalLedgerTable, GlobalTablePredictor
+from chorus_lab.history.eventtime import record_timestamp_ms, to_ms
 from chorus_lab.ingest import decode_record
 from chorus_lab.pipeline import DetectionSignal, RecordMeta, Stage1, decode_message, encode_decision, validate, validate_signal
 from chorus_lab.schema import AgentMessage, SchemaError, encode
@@ -194,6 +197,10 @@ class ProcessorSettings:
     """Partitions of the topics the processor creates when they are missing."""
     create_topics: bool = True
     stats_interval_s: float = 30.0
+    global_ledger: bool = True
+    """With more than one partition, conflict prediction also reads stage 2's fleet-wide
+    ``chorus-resource-ledger`` (``engine.global_ledger``); with one, the partition's own
+    ledger is the whole fleet's already."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -402,7 +409,12 @@ class StreamProcessor:
         self.instance_id = instance_id or default_instance_id()
         self.topics = topics or Topics()
         self.settings = settings or ProcessorSettings()
+        self.ledger_table = GlobalLedgerTable()
+        if self.settings.global_ledger:
+            # Empty until start() finds more than one partition: then it reads the same as before.
+            predictor = GlobalTablePredictor(predictor or LedgerPredictor(engine_config), self.ledger_table)
         self.stage = Stage1(engine_config, instance_id=self.instance_id, predictor=predictor, clock=lambda: datetime.now(UTC))
+        self._table: Consumer | None = None
         self.stats = ProcessorStats()
         self.transactional_id = f"chorus-stage1.{group_id}.{self.instance_id}"
         self._producer: Producer | None = None
@@ -418,7 +430,10 @@ class StreamProcessor:
         self._checkpoint_due: dict[int, float] = {}
         self._poison: dict[tuple[str, int, int], DeadLetter] = {}
         self._batch_errors: dict[str, int] = {}
-        self._outputs: list[tuple[str, bytes | None, bytes | None, Any, int | None]] = []
+        self._outputs: list[tuple[str, bytes | None, bytes | None, Any, int | None, int | None]] = []
+        # Chains decisions and alerts (docs/history.md); heads advance only on commit.
+        self._audit = AuditStamper(bus)
+        self._now_ms = 0
         self._retry: list[Record] = []
         self._aborts_in_a_row = 0
         self._use_alarm = False
@@ -446,6 +461,8 @@ class StreamProcessor:
         self._producer.init_transactions()
         self._consumer = self._make_consumer()
         self._consumer.subscribe([self.topics.raw, self.topics.signals], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        if self.settings.global_ledger and self._partitions > 1:
+            self._table = self._open_ledger_table(admin)
         # Interrupting a runaway message needs SIGALRM, which only the main thread receives.
         self._use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
         if self._use_alarm:
@@ -483,7 +500,7 @@ class StreamProcessor:
         """Leave the group (partitions move at once) and release the clients."""
         # Closing must not fail a shutdown: a fenced Kafka producer, for one, raises from
         # its final flush (its queued records were aborted anyway).
-        for name in ("_consumer", "_reader", "_producer"):
+        for name in ("_consumer", "_reader", "_producer", "_table"):
             client = getattr(self, name)
             if client is None:
                 continue
@@ -492,6 +509,7 @@ class StreamProcessor:
             except Exception as exc:
                 log.warning("closing the %s: %s", name.strip("_"), exc)
             setattr(self, name, None)
+        self._audit.close()
         if self._use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
@@ -526,6 +544,7 @@ class StreamProcessor:
         if not self._started:
             raise BusError("call start() before step()")
         assert self._consumer is not None
+        self._refresh_ledger_table()
         retry, self._retry = self._retry, []
         # After an abort the batch in hand is retried first; new records follow it.
         fresh = consume_batch(self._consumer, max(1, self.settings.batch_size - len(retry)), 0.0 if retry else self.settings.poll_timeout_s)
@@ -577,10 +596,12 @@ class StreamProcessor:
         producer = self._producer
         assert producer is not None and self._consumer is not None
         received_at = datetime.now(UTC)
+        self._now_ms = to_ms(received_at)
         started = time.perf_counter()
         counters = replace(self.stage.counters)  # a batch done again after a failure counts once
         self._batch_errors = {}
         self._outputs = []
+        self._audit.abort()  # links of a batch that did not commit are void
         offsets: dict[TopicPartition, int] = {}
         checkpoint_now: set[int] = set()
         counted: dict[int, int] = {}
@@ -622,10 +643,10 @@ class StreamProcessor:
             raise
         producer.begin_transaction()
         try:
-            for topic, value, key, headers, partition in self._outputs:
+            for topic, value, key, headers, partition, timestamp_ms in self._outputs:
                 while True:
                     try:
-                        producer.produce(topic, value, key, partition=partition, headers=headers)
+                        producer.produce(topic, value, key, partition=partition, headers=headers, timestamp_ms=timestamp_ms)
                         break
                     except BufferError:
                         producer.poll(0.05)  # the local queue is full: let it drain (backpressure)
@@ -634,8 +655,11 @@ class StreamProcessor:
             producer.commit_transaction()
         except BaseException:
             self.stage.counters = counters
+            self._audit.abort()
             self._abort_quietly()
             raise
+        else:
+            self._audit.commit()
         finally:
             self._outputs = []
         for stage, count in self._batch_errors.items():
@@ -690,9 +714,9 @@ class StreamProcessor:
                 # Deterministic (same input, same size), so a replay agrees; the state keeps the message.
                 self._send_error(DeadLetter.from_exception(exc, stage="produce", source=meta.source, value=record.value, key=record.key))
             else:
-                self._send(self.topics.decisions, value, agent)
+                self._send_audited(self.topics.decisions, value, agent, record.partition, decoded.timestamp)
         for alert in output.alerts:
-            self._send(self.topics.alerts, encode(alert), agent)
+            self._send_audited(self.topics.alerts, encode(alert), agent, record.partition, decoded.timestamp)
 
     def _handle_signal(self, record: Record, received_at: datetime) -> None:
         meta = RecordMeta(record.topic, record.partition, record.offset, record.timestamp_ms, record.key, received_at)
@@ -717,7 +741,7 @@ class StreamProcessor:
         except Exception as exc:
             raise _Poisoned((record.topic, record.partition, record.offset), self._process_letter(exc, meta, record)) from exc
         for alert in output.alerts:
-            self._send(self.topics.alerts, encode(alert), signal_.agent_id.encode())
+            self._send_audited(self.topics.alerts, encode(alert), signal_.agent_id.encode(), record.partition, signal_.detected_at)
 
     @staticmethod
     def _process_letter(exc: BaseException, meta: RecordMeta, record: Record) -> DeadLetter:
@@ -727,12 +751,18 @@ class StreamProcessor:
         self._batch_errors[letter.stage] = self._batch_errors.get(letter.stage, 0) + 1
         self._send(self.topics.errors, letter.original_value, letter.original_key, headers=letter.headers())
 
-    def _send(self, topic: str, value: bytes | None, key: bytes | None, *, headers: Any = None, partition: int | None = None) -> None:
+    def _send(self, topic: str, value: bytes | None, key: bytes | None, *, headers: Any = None, partition: int | None = None, timestamp_ms: int | None = None) -> None:
         """Queue an output of the batch; it is produced in the batch's transaction.
 
         No delivery callbacks: inside a transaction a record that fails fails the commit.
         """
-        self._outputs.append((topic, value, key, headers, partition))
+        self._outputs.append((topic, value, key, headers, partition, timestamp_ms))
+
+    def _send_audited(self, topic: str, value: bytes, key: bytes, raw_partition: int, event_time: datetime) -> None:
+        """Queue a decision or alert: stamped with its event time and chained in lane ``stage1/p<raw partition>``."""
+        timestamp_ms = record_timestamp_ms(to_ms(event_time), self._now_ms)
+        headers = self._audit.stamp(topic, key, value, timestamp_ms, lane=f"stage1/p{raw_partition}")
+        self._send(topic, value, key, headers=headers, timestamp_ms=timestamp_ms)
 
     def _write_checkpoint(self, partition: int) -> None:
         raw = TopicPartition(self.topics.raw, partition)
@@ -825,6 +855,7 @@ class StreamProcessor:
             self._next[signals[partition]] = signals_start
             self._owned.add(partition)
             self._pending.discard(partition)
+            self._audit.forget(f"stage1/p{partition}")  # another owner may have extended the lane
             self._since_checkpoint[partition] = 0
             self._checkpoint_due[partition] = time.monotonic() + self.settings.snapshot_interval_s
 
@@ -880,6 +911,35 @@ class StreamProcessor:
         low, high = reader.watermarks(tp)
         records = list(read_range(reader, tp, low, high))
         return latest_checkpoint(records, checkpoint_key(self.group_id, self.topics.raw, partition))
+
+    # ------------------------------------------------------------------ global ledger table
+
+    def _open_ledger_table(self, admin: Any) -> Consumer | None:
+        """A group-less reader of every partition of ``chorus-resource-ledger``, from its start."""
+        topic = self.topics.name(config.RESOURCE_LEDGER)
+        description = admin.describe(topic)
+        if description is None:
+            log.warning("%s does not exist: conflict prediction uses partition-local ledgers only", topic)
+            return None
+        reader = self.bus.consumer(None)
+        reader.assign({TopicPartition(topic, p): 0 for p in range(int(description.partitions))})
+        return reader
+
+    def _refresh_ledger_table(self) -> None:
+        """Take whatever stage 2 published since the last batch (never waits)."""
+        if self._table is None:
+            return
+        while True:
+            records = self._table.consume(1000, 0.0)
+            for record in records:
+                if record.value is None:
+                    continue  # a tombstone: nothing to forget (resources are never deleted)
+                try:
+                    self.ledger_table.apply(json.loads(record.value))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("ignoring a %s record at %s/%d: %s", config.RESOURCE_LEDGER, record.partition, record.offset, exc)
+            if len(records) < 1000:
+                return
 
     # ------------------------------------------------------------------ clients
 
@@ -964,22 +1024,76 @@ def run_pipeline(
     instance_id: str | None = None,
     topics: Topics | None = None,
     settings: ProcessorSettings | None = None,
-) -> ProcessorStats:
+    stage2: bool = True,
+    stage2_group: str | None = None,
+) -> PipelineStats:
     """Every stage in this process, wired through the bus's topics (``chorus-lab run``).
 
-    Stage 1 runs here in the calling thread. Stage 2 (the causal graph and the detectors)
-    joins as a second runner in its own thread, reading ``agent-decisions-processed`` and
-    writing its topics and ``chorus-trust-signals``; nothing else here changes.
+    Stage 1 runs in the calling thread (so its per-message time budget can use SIGALRM);
+    stage 2 (:class:`~chorus_lab.stage2_processor.Stage2Processor`: the causal graph, the
+    detectors, the metrics) runs in a thread of its own, reading ``agent-decisions-processed``
+    and writing its topics and ``chorus-trust-signals``. Both stop when ``stop`` is set,
+    each after committing the batch in hand; if either fails, the other is stopped too and
+    the failure is raised. ``stage2=False`` runs stage 1 alone.
     """
+    from chorus_lab.stage2_processor import DEFAULT_STAGE2_GROUP, Stage2Processor, Stage2Settings
+
     processor = StreamProcessor(bus, group_id, instance_id, topics=topics, settings=settings)
-    return processor.run(stop)
+    if not stage2:
+        return PipelineStats(processor.run(stop), None)
+    stage1_settings = processor.settings
+    second = Stage2Processor(
+        bus, stage2_group or DEFAULT_STAGE2_GROUP, processor.instance_id, topics=processor.topics,
+        settings=Stage2Settings(partitions=stage1_settings.partitions, create_topics=stage1_settings.create_topics),
+    )
+    failures: list[BaseException] = []
+
+    def run_stage2() -> None:
+        try:
+            second.run(stop)
+        except BaseException as exc:  # reported by the caller's thread below
+            log.error("stage 2 stopped with an error: %s", exc)
+            failures.append(exc)
+            stop.set()
+
+    # Topics first (stage 1 creates them), so stage 2 never starts on a bus without them.
+    if stage1_settings.create_topics:
+        bus.admin().create_topics(processor.topics.specs(stage1_settings.partitions))
+    thread = threading.Thread(target=run_stage2, name="chorus-stage2", daemon=True)
+    thread.start()
+    try:
+        stats = processor.run(stop)
+    finally:
+        stop.set()
+        thread.join()
+    if failures:
+        raise failures[0]
+    return PipelineStats(stats, second.stats)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    """What ``run_pipeline`` did: stage 1's stats and stage 2's (None when it did not run)."""
+
+    stage1: ProcessorStats
+    stage2: Any
+
+    def summary(self) -> str:
+        text = f"stage 1: {self.stage1.summary()}"
+        return text if self.stage2 is None else f"{text}; stage 2: {self.stage2.summary()}"
 
 
 # --------------------------------------------------------------------------- offline analysis
 
 
-OUTPUT_TOPICS = (config.DECISIONS, config.ALERTS, config.GRAPH_UPDATES, config.METRICS, config.ERRORS, config.DLQ)
-"""What ``chorus-lab analyze`` writes, one ``<topic>.jsonl`` each (stage 2's topics stay empty until it joins)."""
+OUTPUT_TOPICS = (
+    config.DECISIONS, config.ALERTS, config.GRAPH_UPDATES, config.METRICS, config.ERRORS, config.DLQ,
+    config.TRUST_SIGNALS, config.RESOURCE_LEDGER,
+)
+"""What ``chorus-lab analyze`` writes, one ``<topic>.jsonl`` each."""
+ANALYZE_FLUSH_S = 3600.0
+"""At the end of an offline run, event time moves on this far past the last decision, so
+open metric windows close and requests left unanswered are judged (``Stage2.tick``)."""
 _DEAD_LETTER_TOPICS = (config.ERRORS, config.DLQ)
 
 
@@ -992,6 +1106,8 @@ class AnalyzeSummary:
     invalid: int
     written: dict[str, int]
     stats: ProcessorStats
+    stage2: Any = None
+    """Stage 2's ``Stage2Stats``."""
 
 
 def analyze_file(
@@ -1001,6 +1117,7 @@ def analyze_file(
     partitions: int = 1,
     engine_config: EngineConfig | None = None,
     settings: ProcessorSettings | None = None,
+    stage2_config: Any = None,
 ) -> AnalyzeSummary:
     """Run the pipeline over a JSON-lines file of agent messages; write every output topic.
 
@@ -1011,10 +1128,17 @@ def analyze_file(
     everything, and each output topic is written to ``out_dir/<topic>.jsonl``: JSON-valued
     topics as their record values; dead-letter topics as :func:`dead_letter_json` objects.
 
+    Both stages run, in one thread, taking turns batch by batch: stage 2's trust signals
+    reach stage 1 one batch later, as they would live, and because every turn reads what
+    the bus holds at that point, two runs over the same file write the same records (apart
+    from ``processing_metadata``). At the end event time moves ``ANALYZE_FLUSH_S`` past the
+    last decision, closing the last metric window.
+
     One partition (the default) lets the conflict predictor see the whole fleet's resource
     ledger; ``partitions=N`` reproduces the decisions of a live N-partition deployment.
     """
     from chorus_lab.bus.embedded import EmbeddedBus
+    from chorus_lab.stage2_processor import Stage2Processor, Stage2Settings
     from chorus_lab.schema import decode_agent_message
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1046,11 +1170,35 @@ def analyze_file(
             bus, "chorus-analyze", "analyze", topics=topics, engine_config=engine_config,
             settings=replace(settings or ProcessorSettings(), create_topics=False, partitions=partitions, snapshot_interval_s=3600.0),
         )
-        stats = processor.run_until_caught_up() if sent else processor.stats
-        # Stage 2 joins here: run it until it has read agent-decisions-processed to the end.
+        second = Stage2Processor(
+            bus, "chorus-analyze-stage2", "analyze", topics=topics, stage2_config=stage2_config,
+            settings=Stage2Settings(create_topics=False, snapshot_every=1_000_000, snapshot_interval_s=math.inf),
+            upstream_done=processor.caught_up,
+        )
+        stats = _run_in_lockstep(processor, second) if sent else processor.stats
         written = {topic: dump_topic(bus, topics.name(topic), out_dir / f"{topic}.jsonl", dead_letters=topic in _DEAD_LETTER_TOPICS) for topic in OUTPUT_TOPICS}
         bus.close()
-    return AnalyzeSummary(lines, sent, invalid, written, stats)
+    return AnalyzeSummary(lines, sent, invalid, written, stats, second.stats)
+
+
+def _run_in_lockstep(stage1: StreamProcessor, stage2: Any, timeout: float = 3600.0) -> ProcessorStats:
+    """Alternate batches of both stages until neither has anything left to read; then close both."""
+    stage1.start()
+    stage2.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise BusError(f"the offline run did not finish within {timeout:.0f}s: {stage1.stats.summary()}")
+            read = stage1.step()
+            read += stage2.step()
+            if read == 0 and stage1.caught_up() and stage2.caught_up():
+                break
+        stage2.flush_event_time(ANALYZE_FLUSH_S)
+    finally:
+        stage1.close()
+        stage2.close()
+    return stage1.stats
 
 
 def dump_topic(bus: Bus, topic: str, path: Path, *, dead_letters: bool = False) -> int:
@@ -1110,6 +1258,7 @@ __all__ = [
     "DEFAULT_GROUP",
     "AnalyzeSummary",
     "Checkpoint",
+    "PipelineStats",
     "ProcessingTimeout",
     "ProcessorSettings",
     "ProcessorStats",

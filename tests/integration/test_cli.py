@@ -95,8 +95,13 @@ def test_a_bad_scenario_name_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_demo_runs_a_fleet_through_the_bus(any_bus: Bus, tmp_path: Path) -> None:
-    result = chorus("demo", "--bus", any_bus.url, "--agents", "12", "--messages", "200", "--rate", "0", cwd=tmp_path, timeout=240)
+    from chorus_lab.broker import free_loopback_port
+
+    result = chorus("demo", "--bus", any_bus.url, "--agents", "12", "--messages", "200", "--rate", "0", "--once", "--port", str(free_loopback_port()), cwd=tmp_path, timeout=240)
     assert result.returncode == 0, result.stderr
-    shown = int(result.stdout.strip().splitlines()[-1].split()[0])
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("stopped: "), result.stdout
+    shown = int(last.split()[1])
     assert shown >= 200
     assert len(read_topic(any_bus, config.RAW, shown)) >= shown
+    assert len(read_topic(any_bus, config.DECISIONS, shown)) >= shown, "--once stops after stage 1 decided the whole fleet"

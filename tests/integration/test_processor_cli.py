@@ -62,7 +62,9 @@ def test_analyze_writes_every_output_topic_and_is_deterministic(tmp_path: Path) 
     assert dead[0]["field"] and dead[1]["original_value"] == "not json at all"
     assert (tmp_path / "one" / f"{config.ERRORS}.jsonl").read_text() == ""
     alerts = [json.loads(line) for line in (tmp_path / "one" / f"{config.ALERTS}.jsonl").read_text().splitlines()]
-    assert all(a["pattern"] == "quarantine" for a in alerts)
+    assert {"conflict", "resource_hoarding"} <= {a["pattern"] for a in alerts}  # stage 2 ran
+    for topic in (config.ALERTS, config.GRAPH_UPDATES, config.TRUST_SIGNALS, config.RESOURCE_LEDGER):
+        assert (tmp_path / "one" / f"{topic}.jsonl").read_bytes() == (tmp_path / "two" / f"{topic}.jsonl").read_bytes(), topic
 
 
 def test_analyze_names_a_missing_input(tmp_path: Path) -> None:
