@@ -352,12 +352,9 @@ class AuditStamper:
 
     def _consumer(self) -> Consumer:
         if self._reader is None:
-            from chorus_lab.bus.kafka import KafkaBus
+            from chorus_lab.processor import bounded_reader
 
-            if isinstance(self.bus, KafkaBus):
-                self._reader = self.bus.consumer(None, **{"fetch.wait.max.ms": 5})
-            else:
-                self._reader = self.bus.consumer(None)
+            self._reader = bounded_reader(self.bus)
         return self._reader
 
 

@@ -344,6 +344,16 @@ def consume_batch(consumer: Consumer, max_records: int, timeout: float) -> list[
     return records
 
 
+def bounded_reader(bus: Bus) -> Consumer:
+    """A group-less consumer for bounded reads (checkpoints, replays, audit chain heads)."""
+    from chorus_lab.bus.kafka import KafkaBus
+
+    if isinstance(bus, KafkaBus):
+        # Its metadata requests (watermarks) wait behind its long-poll fetches: keep those short.
+        return bus.consumer(None, **{"fetch.wait.max.ms": 5})
+    return bus.consumer(None)
+
+
 def read_range(consumer: Consumer, tp: TopicPartition, start: int, end: int, *, timeout: float = 120.0) -> Iterator[Record]:
     """Yield the committed records of ``tp`` with ``start <= offset < end``.
 
@@ -682,7 +692,7 @@ class StreamProcessor:
 
     def _handle_message(self, record: Record, received_at: datetime) -> None:
         meta = RecordMeta(record.topic, record.partition, record.offset, record.timestamp_ms, record.key, received_at)
-        decoded = _decode(record)
+        decoded = message_or_dead_letter(record)
         if isinstance(decoded, DeadLetter):
             self._send_error(decoded)
             return
@@ -896,7 +906,7 @@ class StreamProcessor:
     def _replay(self, record: Record) -> None:
         """Re-apply an already committed record to the state; its outputs exist already."""
         meta = RecordMeta(record.topic, record.partition, record.offset, record.timestamp_ms, record.key)
-        decoded = _decode(record)
+        decoded = message_or_dead_letter(record)
         if isinstance(decoded, DeadLetter):
             return
         try:
@@ -971,13 +981,7 @@ class StreamProcessor:
     def _reader_consumer(self) -> Consumer:
         """A group-less consumer for checkpoints and replays (bounded reads only)."""
         if self._reader is None:
-            from chorus_lab.bus.kafka import KafkaBus
-
-            if isinstance(self.bus, KafkaBus):
-                # Its metadata requests (watermarks) wait behind its long-poll fetches: keep those short.
-                self._reader = self.bus.consumer(None, **{"fetch.wait.max.ms": 5})
-            else:
-                self._reader = self.bus.consumer(None)
+            self._reader = bounded_reader(self.bus)
         return self._reader
 
     @staticmethod
@@ -1001,7 +1005,7 @@ class StreamProcessor:
             log.info("stage 1 %s: %s", self.instance_id, self.stats.summary())
 
 
-def _decode(record: Record) -> AgentMessage | DeadLetter:
+def message_or_dead_letter(record: Record) -> AgentMessage | DeadLetter:
     """The record's message (fast path), or the dead letter ``ingest.decode_record`` makes of it."""
     try:
         return decode_message(record.value or b"")
@@ -1265,6 +1269,7 @@ __all__ = [
     "StreamProcessor",
     "Topics",
     "analyze_file",
+    "bounded_reader",
     "checkpoint_key",
     "checkpoint_records",
     "consume_batch",
@@ -1272,6 +1277,7 @@ __all__ = [
     "default_instance_id",
     "dump_topic",
     "latest_checkpoint",
+    "message_or_dead_letter",
     "read_range",
     "run_pipeline",
 ]

@@ -69,10 +69,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chorus_lab import config, statecodec
+from chorus_lab.audit import AuditStamper
 from chorus_lab.bus import Bus, BusError, CommitFailedError, Consumer, Producer, ProducerFencedError, Record, TopicPartition, TransactionAbortedError
 from chorus_lab.deadletter import DeadLetter
+from chorus_lab.history.eventtime import record_timestamp_ms, to_ms
 from chorus_lab.pipeline import DetectionSignal as WireSignal
-from chorus_lab.processor import Topics, consume_batch, default_instance_id, read_range
+from chorus_lab.processor import Topics, bounded_reader, consume_batch, default_instance_id, read_range
 from chorus_lab.schema import ProcessedDecision, SchemaError, decode, encode
 from chorus_lab.stage2 import Stage2, Stage2Config, Stage2Output, alert_key, graph_update_key
 
@@ -81,6 +83,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STAGE2_GROUP = "chorus-stage2"
 STAGE2_CHECKPOINT_FORMAT = 1
 _CHUNK_BYTES = 512 * 1024
+AUDIT_LANE = "stage2"
+"""Stage 2's hash-chain lane in each ``system-alerts`` partition (one active instance writes it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +268,9 @@ class Stage2Processor:
         self._upstream_done = upstream_done
         self._idle_since: float | None = None
         """Newest event time read per decisions partition."""
-        self._outputs: list[tuple[str, bytes | None, bytes | None, Any, int | None]] = []
+        self._outputs: list[tuple[str, bytes | None, bytes | None, Any, int | None, int | None]] = []
+        # Alerts are an audit trail: stage 2's lane of each system-alerts partition (see chorus_lab.audit).
+        self._audit = AuditStamper(bus)
         self._generation = ""
         self._journal_seq = 0
         self._since_checkpoint = 0
@@ -328,6 +334,7 @@ class Stage2Processor:
         return self.stats
 
     def close(self) -> None:
+        self._audit.close()
         for name in ("_consumer", "_reader", "_producer"):
             client = getattr(self, name)
             if client is None:
@@ -383,6 +390,7 @@ class Stage2Processor:
 
     def _transact(self, records: list[Record]) -> None:
         self._outputs = []
+        self._audit.abort()  # links of a batch that did not commit are void
         before = replace(self.stats)  # a batch done again after an abort counts once
         try:
             committed = self._decide_and_commit(records)
@@ -421,10 +429,10 @@ class Stage2Processor:
         assert producer is not None and consumer is not None
         producer.begin_transaction()
         try:
-            for topic, value, key, headers, partition in self._outputs:
+            for topic, value, key, headers, partition, timestamp_ms in self._outputs:
                 while True:
                     try:
-                        producer.produce(topic, value, key, partition=partition, headers=headers)
+                        producer.produce(topic, value, key, partition=partition, headers=headers, timestamp_ms=timestamp_ms)
                         break
                     except BufferError:
                         producer.poll(0.05)  # the local queue is full: let it drain (backpressure)
@@ -432,6 +440,7 @@ class Stage2Processor:
                 producer.send_offsets_to_transaction(offsets, consumer)
             producer.commit_transaction()
         except BaseException:
+            self._audit.abort()
             try:
                 producer.abort_transaction()
             except ProducerFencedError:
@@ -441,6 +450,7 @@ class Stage2Processor:
             raise
         finally:
             self._outputs = []
+        self._audit.commit()
 
     def flush_event_time(self, seconds: float) -> None:
         """Let event time run ``seconds`` past the watermark and commit what that closes (offline runs).
@@ -546,10 +556,16 @@ class Stage2Processor:
         if not live:
             return
         topics = self.topics
+        now_ms = to_ms(datetime.now(UTC))
         for update in out.graph_updates:
             self._send(topics.name(config.GRAPH_UPDATES), encode(update), graph_update_key(update).encode())
         for alert in out.alerts:
-            self._send(topics.alerts, encode(alert), alert_key(alert).encode())
+            # Event time, like stage 1's alerts (docs/history.md). Only the audited topics get it:
+            # their retention is far longer than the clamp's 7 days, the 7-day topics' is not.
+            value, key = encode(alert), alert_key(alert).encode()
+            timestamp_ms = record_timestamp_ms(to_ms(alert.detected_at), now_ms)
+            headers = self._audit.stamp(topics.alerts, key, value, timestamp_ms, lane=AUDIT_LANE)
+            self._send(topics.alerts, value, key, headers=headers, timestamp_ms=timestamp_ms)
         for signal in out.trust_signals:
             wire = WireSignal(signal.agent_id, signal.pattern, signal.confidence, list(signal.evidence), signal.timestamp, signal.alert_id)
             # Keyed by agent: murmur2 puts it on the partition of the agent's raw messages.
@@ -565,8 +581,8 @@ class Stage2Processor:
         stats.ledger_updates += len(out.ledger_updates)
         stats.metrics += len(out.metrics)
 
-    def _send(self, topic: str, value: bytes | None, key: bytes | None, *, headers: Any = None, partition: int | None = None) -> None:
-        self._outputs.append((topic, value, key, headers, partition))
+    def _send(self, topic: str, value: bytes | None, key: bytes | None, *, headers: Any = None, partition: int | None = None, timestamp_ms: int | None = None) -> None:
+        self._outputs.append((topic, value, key, headers, partition, timestamp_ms))
 
     # ------------------------------------------------------------------ state
 
@@ -637,6 +653,7 @@ class Stage2Processor:
 
     def _restore(self, committed: dict[int, int | None]) -> None:
         """Set the state and next offsets to those of the last commit of this group."""
+        self._audit.forget(AUDIT_LANE)  # re-read from the log: a predecessor may have extended the lane
         self._next = {p: 0 for p in committed}
         if all(o is None for o in committed.values()):
             return  # the group never committed: a fresh start from the log start
@@ -688,12 +705,7 @@ class Stage2Processor:
 
     def _reader_consumer(self) -> Consumer:
         if self._reader is None:
-            from chorus_lab.bus.kafka import KafkaBus
-
-            if isinstance(self.bus, KafkaBus):
-                self._reader = self.bus.consumer(None, **{"fetch.wait.max.ms": 5})
-            else:
-                self._reader = self.bus.consumer(None)
+            self._reader = bounded_reader(self.bus)
         return self._reader
 
     def _maybe_log_stats(self) -> None:

@@ -50,10 +50,10 @@ from chorus_lab.processor import (
     ProcessorStats,
     StreamProcessor,
     Topics,
-    _decode,
     checkpoint_key,
     checkpoint_records,
     latest_checkpoint,
+    message_or_dead_letter,
     read_range,
 )
 from chorus_lab.schema import AgentMessage, ProcessedDecision, SchemaError, decode, parse_timestamp
@@ -141,7 +141,7 @@ class _Event:
 def _raw_events(consumer: Consumer, tp: TopicPartition, start: int, end: int, at_ms: int, lateness_ms: int, counter: list[int]) -> Iterator[_Event]:
     for record in read_range(consumer, tp, start, end):
         counter[0] += 1
-        decoded = _decode(record)
+        decoded = message_or_dead_letter(record)
         if not isinstance(decoded, AgentMessage):
             continue  # dead-lettered live, never in the state
         t = to_ms(decoded.timestamp)
@@ -174,7 +174,7 @@ def _event_time_before(consumer: Consumer, tp: TopicPartition, offset: int, sign
         return None
     value = records[-1].value or b""
     try:
-        return to_ms(DetectionSignal.decode(value).detected_at if signals else _decode(records[-1]).timestamp)  # type: ignore[union-attr]
+        return to_ms(DetectionSignal.decode(value).detected_at if signals else message_or_dead_letter(records[-1]).timestamp)  # type: ignore[union-attr]
     except (SchemaError, AttributeError):
         return None
 
@@ -386,7 +386,7 @@ def replay_into(
             tp = TopicPartition(live.raw, p)
             low, end = reader.watermarks(tp)
             for record in read_range(reader, tp, low, end):
-                decoded = _decode(record)
+                decoded = message_or_dead_letter(record)
                 if isinstance(decoded, AgentMessage) and since_ms < to_ms(decoded.timestamp) <= until_ms:
                     producer.produce(sandbox.raw, record.value, record.key, partition=p, timestamp_ms=record.timestamp_ms)
                     copied += 1

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from chorus_lab import config, simulate
+from chorus_lab import audit, config, simulate
 from chorus_lab.bus import Bus, Record, TopicPartition
 from chorus_lab.bus.kafka import KafkaBus
 from chorus_lab.bus.partitioner import partition_for_key
@@ -137,6 +137,12 @@ def test_a_routing_loop_goes_raw_to_stage1_to_stage2_and_its_trust_signal_back_t
         for agent, decision in after().items():
             before_loop = last[agent].trust_impact.after
             assert decision.trust_impact.before < before_loop - 1.0, (agent, before_loop, decision.trust_impact)
+
+        # Both stages write system-alerts, each in its own hash-chain lane: the trail verifies.
+        loop_record = next(r for r in reader.records[topics.alerts] if json.loads(r.value)["alert_id"] == alert["alert_id"])
+        assert loop_record.header("audit.lane") == b"stage2", loop_record.headers
+        reports = audit.verify(bus, [topics.alerts, topics.decisions])
+        assert all(report.ok for report in reports), [str(r) for r in reports if not r.ok]
     finally:
         reader.close()
         stage2.close()
