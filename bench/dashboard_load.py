@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
 """Operator dashboard under load: event-to-screen latency and long tasks, measured in Chromium.
 
-Setup (all on this machine, a fresh embedded bus): the whole pipeline (``chorus-lab run``,
-its own process), the dashboard (``DashboardServer``, as ``chorus-lab dashboard`` serves it)
-and a *probe* agent that sends a message stamped with the wall clock every 0.25 s. Every
-page selects the probe agent (search box), so its panel lists the probe's newest decisions
+Setup (all on this machine, a fresh embedded bus): the pipeline deployed as an operator
+runs it at this rate — ``--stage1`` instances of ``chorus-lab process`` (one consumer group,
+they share the raw topic's partitions) and one ``chorus-lab process --stage 2``, each its own
+process (``--stage1 0``: the whole pipeline in one ``chorus-lab run`` process instead) —,
+the dashboard (``DashboardServer``, as ``chorus-lab dashboard`` serves it) and a *probe*
+agent that sends a message stamped with the wall clock every 0.25 s. Every page selects the probe agent (search box), so its panel lists the probe's newest decisions
 with their event timestamps; a MutationObserver in the page computes, for each timestamp it
 has not seen yet, ``Date.now() - timestamp``: the event-to-screen latency through stage 1,
 the bus, the kernel's LiveSession, the widget sync and the DOM. A ``longtask``
 PerformanceObserver adds up main-thread tasks over 50 ms.
 
 1. Baseline: 1 page, no traffic but the probe.
-2. Load: a 10,000-agent fleet at ``--rate`` messages/s (``chorus-lab simulate``, its own
-   process), after a warm-up, with 5 pages open.
+2. Load: a 10,000-agent fleet at ``--rate`` messages/s (``chorus-lab simulate``, ``--fleets``
+   processes of their own), after a warm-up, with 5 pages open.
 
 Prints p50/p95 latency and the long-task share of each phase, and load/baseline ratios.
 Goal (issue 5): under load, p95 ≤ 1 s and long tasks ≤ 20 % of the time.
 
-    .venv/bin/python bench/dashboard_load.py [--agents 10000] [--rate 1000] [--pages 5] [--seconds 60]
+    .venv/bin/python bench/dashboard_load.py [--agents 10000] [--rate 1000] [--pages 5] [--seconds 60] [--stage1 2]
 """
 
 from __future__ import annotations
@@ -157,6 +159,10 @@ def main() -> int:
     parser.add_argument("--pages", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each measurement window (default %(default)s)")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before measuring (default %(default)s)")
+    parser.add_argument("--fleets", type=int, default=1,
+                        help="simulator processes sharing --rate (default %(default)s; one reached ~320-850 msg/s on a loaded 2-core machine)")
+    parser.add_argument("--stage1", type=int, default=2,
+                        help="stage-1 processes beside one stage-2 process (default %(default)s); 0 runs both stages in one `chorus-lab run`")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -168,12 +174,17 @@ def main() -> int:
         bus.close()
         cli = [sys.executable, "-m", "chorus_lab.cli"]
         logs = Path(scratch)
-        pipeline = subprocess.Popen([*cli, "run", "--bus", bus_url, "--instance", "bench"], cwd=scratch,
-                                    stdout=(logs / "pipeline.log").open("wb"), stderr=subprocess.STDOUT)
+        if args.stage1 > 0:
+            commands = [[*cli, "process", "--bus", bus_url, "--instance", f"bench-{n}"] for n in range(args.stage1)]
+            commands.append([*cli, "process", "--stage", "2", "--bus", bus_url, "--instance", "bench-stage2"])
+        else:
+            commands = [[*cli, "run", "--bus", bus_url, "--instance", "bench"]]
+        pipeline = [subprocess.Popen(command, cwd=scratch, stdout=(logs / f"pipeline-{n}.log").open("wb"), stderr=subprocess.STDOUT)
+                    for n, command in enumerate(commands)]
         stop = threading.Event()
         probes = threading.Thread(target=send_probes, args=(bus_url, logs / "probe-spool", stop), daemon=True)
         probes.start()
-        fleet: subprocess.Popen[bytes] | None = None
+        fleet: list[subprocess.Popen[bytes]] = []
         server = DashboardServer(DashboardSettings(bus_url, port=free_loopback_port()), log=(logs / "voila.log").open("wb"))
         try:
             server.start()
@@ -191,12 +202,15 @@ def main() -> int:
                 # load first replays a large backlog; see docs/benchmarks.md).
                 for _ in range(args.pages - 1):
                     pages.append(open_probe_page(context, server.url, 300))
-                messages = int(args.rate * (args.warmup + args.seconds + 240))
-                fleet = subprocess.Popen(
+                share = args.rate / args.fleets
+                messages = int(share * (args.warmup + args.seconds + 240))
+                # Each simulator drives the same agent ids (agent-00000 ...) with its own seed:
+                # one fleet of --agents agents, sent by several processes.
+                fleet = [subprocess.Popen(
                     [*cli, "simulate", "--bus", bus_url, "--agents", str(args.agents), "--messages", str(messages),
-                     "--rate", str(args.rate), "--seed", "11", "--scenarios", "none"],
-                    cwd=scratch, stdout=(logs / "fleet.log").open("wb"), stderr=subprocess.STDOUT,
-                )
+                     "--rate", str(share), "--seed", str(11 + n), "--scenarios", "none"],
+                    cwd=scratch, stdout=(logs / f"fleet-{n}.log").open("wb"), stderr=subprocess.STDOUT,
+                ) for n in range(args.fleets)]
                 print(f"load: {args.pages} pages, {args.agents} agents at {args.rate:g} msg/s; warm-up {args.warmup:.0f} s, then {args.seconds:.0f} s ...", flush=True)
                 pages[0].wait_for_timeout(args.warmup * 1000)  # warm-up period, not a condition
                 sent_before, decided_before, started = topic_end(bus_url, config.RAW), topic_end(bus_url, config.DECISIONS), time.monotonic()
@@ -212,12 +226,15 @@ def main() -> int:
                 raise RuntimeError(f"the dashboard tried to reach the internet: {outside[:3]}")
         finally:
             stop.set()
-            if fleet is not None:
-                fleet.terminate()
-                fleet.wait(30)
+            for sender in fleet:
+                sender.terminate()
+            for sender in fleet:
+                sender.wait(30)
             server.stop()
-            pipeline.terminate()
-            pipeline.wait(60)
+            for process in pipeline:
+                process.terminate()
+            for process in pipeline:
+                process.wait(60)
             probes.join(10)
 
     print()
@@ -229,7 +246,8 @@ def main() -> int:
     print(f"goal p95 <= 1000 ms: {'met' if loaded['p95'] <= 1000 else 'NOT met'} ({loaded['p95']:.0f} ms); "
           f"long tasks <= 20%: {'met' if loaded['long_max'] <= 0.20 else 'NOT met'} (worst page {loaded['long_max']:.1%}); "
           f"fleet rate {achieved:,.0f} msg/s (asked {args.rate:g})")
-    print(f"pipeline under load: {decided:,.0f} decisions/s for {achieved:,.0f} msg/s in; {backlog:,} message(s) not yet decided at the end")
+    deployed = f"{args.stage1} stage-1 process(es) + 1 stage-2 process" if args.stage1 > 0 else "both stages in one process"
+    print(f"pipeline ({deployed}) under load: {decided:,.0f} decisions/s for {achieved:,.0f} msg/s in; {backlog:,} message(s) not yet decided at the end")
     return 0
 
 

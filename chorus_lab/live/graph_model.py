@@ -21,7 +21,7 @@ cuts), ``strong``/``fading`` by strength.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -137,21 +137,33 @@ def graph_model(state: LiveState, filters: GraphFilters, positions: dict[str, tu
     loops = [] if at else state.loops
     loop_agents = {a for loop in loops for a in loop}
     alerting = state.alerting_agents()
-    neighbours: dict[str, set[str]] = {}
-    kept_edges: list[tuple[EdgeKey, float]] = []
-    for key, info in state.edges.items():
-        if key[2] not in filters.relationships:
-            continue
-        if at is not None and info.first_seen > at:
-            continue
-        if cutoff is not None and info.last_updated < cutoff:
-            continue
-        kept_edges.append((key, info.strength))
-        neighbours.setdefault(key[0], set()).add(key[1])
-        neighbours.setdefault(key[1], set()).add(key[0])
+    neighbours: Mapping[str, Iterable[str]]
+    kept_edges: list[tuple[EdgeKey, float]] | None
+    # The live, unfiltered graph (the usual view) reads the adjacency the state keeps up to
+    # date instead of walking every edge on each refresh; any filter on edges walks them.
+    everything = at is None and cutoff is None and set(state.edge_types) <= filters.relationships
+    if everything and sum(state.edge_types.values()) == len(state.edges):
+        neighbours = state.adjacency
+        kept_edges = None  # found among the shown agents below
+        kept_count = len(state.edges)
+    else:
+        walked: dict[str, set[str]] = {}
+        kept_edges = []
+        for key, info in state.edges.items():
+            if key[2] not in filters.relationships:
+                continue
+            if at is not None and info.first_seen > at:
+                continue
+            if cutoff is not None and info.last_updated < cutoff:
+                continue
+            kept_edges.append((key, info.strength))
+            walked.setdefault(key[0], set()).add(key[1])
+            walked.setdefault(key[1], set()).add(key[0])
+        neighbours = walked
+        kept_count = len(kept_edges)
     facts: dict[str, NodeFacts] = {}
     # The selected agent and its neighbourhood stay visible whatever the search says.
-    near = neighbours.get(filters.selected, set()) if filters.selected else set()
+    near = neighbours.get(filters.selected, ()) if filters.selected else ()
     for agent, info in state.agents.items():
         if search and search not in agent.lower() and agent != filters.selected and agent not in near:
             continue
@@ -180,6 +192,8 @@ def graph_model(state: LiveState, filters: GraphFilters, positions: dict[str, tu
         classes = [c for c, on in (("quarantined", f.quarantined), ("loop", f.in_loop), ("alerting", f.alerts > 0),
                                    ("selected", agent == filters.selected)) if on]
         nodes.append(NodeView(agent, agent, " ".join(classes), state.agents[agent].trust, placed[agent]))
+    if kept_edges is None:
+        kept_edges = _edges_among(state, shown)
     candidates = []
     for key, strength in kept_edges:
         if key[0] not in shown or key[1] not in shown:
@@ -199,9 +213,26 @@ def graph_model(state: LiveState, filters: GraphFilters, positions: dict[str, tu
         classes.append("strong" if strength >= 0.7 else "fading" if strength < 0.2 else "")
         edges.append(EdgeView(edge_id(key), key[0], key[1], key[2], round(strength, 2), " ".join(c for c in classes if c)))
     hidden_quarantined = sum(1 for a, f in facts.items() if f.quarantined and a not in shown)
-    summary = summary_line(len(facts), len(visible), hidden_quarantined, len(kept_edges) - len(edges))
+    summary = summary_line(len(facts), len(visible), hidden_quarantined, kept_count - len(edges))
     if len(candidates) > len(edges):
         summary += f"; {len(candidates) - len(edges)} weaker edges between shown agents hidden"
     if at is not None:
         summary = f"as of {at}: " + summary
-    return GraphModel(nodes, edges, summary, len(facts), len(kept_edges))
+    return GraphModel(nodes, edges, summary, len(facts), kept_count)
+
+
+def _edges_among(state: LiveState, agents: set[str]) -> list[tuple[EdgeKey, float]]:
+    """The edges (key, strength) with both ends in ``agents``, found from the adjacency.
+
+    O(edges around ``agents``), not O(all edges): ``agents`` is the few hundred shown.
+    """
+    found = []
+    for source in agents:
+        for target in state.adjacency.get(source, ()):
+            if target not in agents:
+                continue
+            for relationship in state.edge_types:
+                info = state.edges.get((source, target, relationship))
+                if info is not None:
+                    found.append(((source, target, relationship), info.strength))
+    return found

@@ -24,6 +24,8 @@ by :func:`summary_line`.
 
 from __future__ import annotations
 
+import heapq
+
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -93,11 +95,12 @@ def select_visible(
                 break
             if n in facts and not facts[n].quarantined:
                 near_quarantine.add(n)
-    ranked = sorted(
+    # Keys end with the agent id (unique): the n smallest are the first n of a full sort.
+    return heapq.nsmallest(
+        max_visible,
         facts,
         key=lambda a: relevance(a, facts[a], selected=selected, near_selected=a in near_selected, near_quarantine=a in near_quarantine),
     )
-    return ranked[:max_visible]
 
 
 def summary_line(total_agents: int, visible: int, hidden_quarantined: int = 0, hidden_edges: int = 0) -> str:

@@ -172,6 +172,13 @@ class LiveState:
     watermark: str = ""
     """Greatest event time seen (ISO-8601), the "now" of time windows."""
     edges_evicted: int = 0
+    adjacency: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Agent → neighbour → edges between the two (either direction, any type), kept in step
+    with ``edges`` so a refresh reads the graph's shape without walking every edge."""
+    edge_types: dict[str, int] = field(default_factory=dict)
+    """Edges kept per relationship type (tells a refresh whether a type filter drops any)."""
+    earliest: str | None = ""
+    """Earliest ``first_seen`` of the kept edges ("" without edges; None: to recompute)."""
 
     def __post_init__(self) -> None:
         self.decisions = TopN(self.limits.decisions)
@@ -328,7 +335,7 @@ def apply_graph_update(state: LiveState, update: GraphFacts) -> None:
             key = (edge.source, edge.target, edge.relationship)
             current = state.edges.get(key)
             if current is not None and current.last_updated <= edge.last_updated:
-                del state.edges[key]
+                _remove_edge(state, key)
     else:
         for edge in update.edges:
             _put_edge(state, (edge.source, edge.target, edge.relationship), edge.strength, edge.created_at, edge.last_updated)
@@ -389,10 +396,13 @@ def _put_edge(state: LiveState, key: EdgeKey, strength: float, created: str, upd
     current = state.edges.get(key)
     if current is None:
         state.edges[key] = EdgeInfo(strength, created, updated)
+        _link(state, key, +1)
+        _saw_first(state, created)
         if len(state.edges) > state.limits.edges:
             _evict_edges(state)
         return
     current.first_seen = min(current.first_seen, created)
+    _saw_first(state, created)
     if (updated, strength) > (current.last_updated, current.strength):
         current.strength = strength
         current.last_updated = updated
@@ -403,5 +413,53 @@ def _evict_edges(state: LiveState) -> None:
     drop = max(1, state.limits.edges // 10)
     oldest = heapq.nsmallest(drop, state.edges.items(), key=lambda item: (item[1].last_updated, item[1].strength, item[0]))
     for key, _ in oldest:
-        del state.edges[key]
+        _remove_edge(state, key)
     state.edges_evicted += len(oldest)
+
+
+def _remove_edge(state: LiveState, key: EdgeKey) -> None:
+    removed = state.edges.pop(key)
+    _link(state, key, -1)
+    if removed.first_seen == state.earliest:
+        state.earliest = None  # the earliest edge may be gone: recompute when asked
+
+
+def _saw_first(state: LiveState, first_seen: str) -> None:
+    if state.earliest is not None and (state.earliest == "" or first_seen < state.earliest):
+        state.earliest = first_seen
+
+
+def earliest_edge(state: LiveState) -> str:
+    """Earliest ``first_seen`` of the graph's edges ("" without edges), for the time slider.
+
+    Kept as edges arrive; walks the edges only after the earliest one was removed.
+
+    >>> state = LiveState()
+    >>> _put_edge(state, ("a", "b", "request"), 0.5, "t2", "t2"); _put_edge(state, ("b", "c", "request"), 0.5, "t1", "t3")
+    >>> earliest_edge(state)
+    't1'
+    >>> _remove_edge(state, ("b", "c", "request")); earliest_edge(state)
+    't2'
+    """
+    if state.earliest is None or (state.earliest == "" and state.edges):
+        state.earliest = min((e.first_seen for e in state.edges.values()), default="")
+    return state.earliest
+
+
+def _link(state: LiveState, key: EdgeKey, step: int) -> None:
+    """Count the edge ``key`` in (``step`` +1) or out of (-1) the adjacency and type counts."""
+    source, target, relationship = key
+    for a, b in ((source, target), (target, source)):
+        around = state.adjacency.setdefault(a, {})
+        left = around.get(b, 0) + step
+        if left > 0:
+            around[b] = left
+        else:
+            around.pop(b, None)
+            if not around:
+                del state.adjacency[a]
+    left = state.edge_types.get(relationship, 0) + step
+    if left > 0:
+        state.edge_types[relationship] = left
+    else:
+        state.edge_types.pop(relationship, None)

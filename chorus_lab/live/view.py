@@ -12,12 +12,14 @@ the same state and the same viewer options get equal views — the basis of R4.5
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
+from typing import Any
 
 from chorus_lab.live.graph_model import GraphFilters, GraphModel, graph_model
 from chorus_lab.live.plots import sparkline_svg
-from chorus_lab.live.render import Counts, TrustRow, agent_panel_html, alerts_html, counts_html, sort_trust_rows, trust_table_html
-from chorus_lab.live.state import LiveState
+from chorus_lab.live.render import SORT_KEYS, Counts, TrustRow, agent_panel_html, alerts_html, counts_html, trust_table_html
+from chorus_lab.live.state import AgentInfo, LiveState, earliest_edge
 
 METRIC_SERIES = (
     ("throughput_per_s", "throughput", " msg/s"),
@@ -60,6 +62,43 @@ def trust_rows(state: LiveState) -> list[TrustRow]:
     return [TrustRow(a, i.trust, i.quarantined, i.messages, alerting.get(a, 0)) for a, i in state.agents.items()]
 
 
+def top_trust_rows(state: LiveState, by: str = "trust", *, descending: bool = False, limit: int = 200) -> list[TrustRow]:
+    """``sort_trust_rows(trust_rows(state), by, descending=descending)[:limit]``, without
+    building and sorting a row for every agent (a refresh of a 10,000-agent fleet lists 200).
+
+    >>> from chorus_lab.live.state import LiveState
+    >>> state = LiveState()
+    >>> for name, trust in [("b", 90.0), ("a", 20.0), ("c", 50.0)]:
+    ...     state.agent(name).trust = trust
+    >>> [r.agent_id for r in top_trust_rows(state, limit=2)], [r.agent_id for r in top_trust_rows(state, "agent", descending=True)]
+    (['a', 'c'], ['c', 'b', 'a'])
+    """
+    if by not in SORT_KEYS:
+        raise ValueError(f"cannot sort the trust list by {by!r}; use one of {', '.join(SORT_KEYS)}")
+    alerting = state.alerting_agents()
+
+    def key(agent: str, info: AgentInfo) -> tuple[Any, ...]:
+        if by == "trust":
+            return (info.trust, agent)
+        if by == "messages":
+            return (info.messages, agent)
+        if by == "alerts":
+            return (alerting.get(agent, 0), agent)
+        return (agent,)
+
+    # Keys end with the agent id, so they are unique: the n smallest are the sort's first n.
+    pick = heapq.nlargest if descending else heapq.nsmallest
+    agents = state.agents.items()
+    first = pick(limit, (key(a, i) for a, i in agents if i.quarantined))
+    rest = pick(max(0, limit - len(first)), (key(a, i) for a, i in agents if not i.quarantined))
+    rows = []
+    for k in first + rest:
+        agent = k[-1]
+        info = state.agents[agent]
+        rows.append(TrustRow(agent, info.trust, info.quarantined, info.messages, alerting.get(agent, 0)))
+    return rows
+
+
 def metrics_html(state: LiveState) -> str:
     rows = state.metrics.values()[::-1]
     plots = [sparkline_svg([row[column] for row in rows], title=title, unit=unit) for column, title, unit in METRIC_SERIES]
@@ -100,14 +139,13 @@ def dashboard_view(state: LiveState, options: ViewOptions, positions: dict[str, 
         quarantined=sum(1 for i in state.agents.values() if i.quarantined),
         version=state.version,
     )
-    rows = sort_trust_rows(trust_rows(state), options.trust_sort, descending=options.trust_descending)
-    firsts = [e.first_seen for e in state.edges.values()]
-    history = (min(firsts) if firsts else "", state.watermark)
+    rows = top_trust_rows(state, options.trust_sort, descending=options.trust_descending, limit=options.trust_rows)
+    history = (earliest_edge(state), state.watermark)
     return DashboardView(
         counts=counts,
         counts_html=counts_html(counts),
         graph=graph,
-        trust_html=trust_table_html(rows[: options.trust_rows], total=len(rows), selected=options.filters.selected),
+        trust_html=trust_table_html(rows, total=len(state.agents), selected=options.filters.selected),
         alerts_html=alerts_html(alerts, acknowledged=options.acknowledged, limit=options.alert_rows),
         alert_ids=[a["alert_id"] for a in alerts[: options.alert_rows] if a["alert_id"] not in options.acknowledged],
         metrics_html=metrics_html(state),

@@ -102,3 +102,65 @@ def test_graph_model_summarizes_what_the_budget_leaves_out() -> None:
     assert len(model.nodes) == 10
     assert model.summary.startswith("showing 10 of 100 agents")
     assert all(e.source in {n.id for n in model.nodes} and e.target in {n.id for n in model.nodes} for e in model.edges)
+
+
+def _churned_state(seed: int) -> LiveState:
+    """Edges added, updated, removed by graph updates and evicted by the edge limit."""
+    import random
+
+    from chorus_lab.live.state import Limits, apply_graph_update
+    from chorus_lab.live.wire import EdgeFacts, GraphFacts
+
+    rng = random.Random(seed)
+    state = LiveState(Limits(edges=rng.choice([5, 40, 1000])))
+    agents = [f"a{i}" for i in range(rng.randint(2, 30))]
+    types = ["request", "dependency", "conflict", "unusual"][: rng.randint(1, 4)]
+    for _ in range(rng.randint(10, 200)):
+        when = f"2026-01-01T00:00:{rng.randint(0, 59):02d}.000000Z"
+        a, b, kind = rng.choice(agents), rng.choice(agents), rng.choice(types)
+        edge = EdgeFacts(a, b, kind, rng.random(), when, when)
+        if rng.random() < 0.15:
+            apply_graph_update(state, GraphFacts(rng.choice(["edge_removed", "node_removed"]), [a], [edge], when, [], {}))
+        elif rng.random() < 0.05:
+            apply_graph_update(state, GraphFacts("node_quarantined", [a], [edge], when, [[a, b]], {}))
+        else:
+            _put_edge(state, (a, b, kind), edge.strength, when, f"2026-01-01T00:01:{rng.randint(0, 59):02d}.000000Z")
+        state.agent(a).trust = rng.choice([10.0, 50.0, rng.random() * 100])
+        state.agent(a).messages += rng.randint(0, 3)
+    return state
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_kept_adjacency_gives_the_same_graph_as_walking_every_edge(seed: int) -> None:
+    import copy
+
+    from chorus_lab.live.state import earliest_edge
+
+    state = _churned_state(seed)
+    walked: dict[str, dict[str, int]] = {}
+    for source, target, _kind in state.edges:
+        walked.setdefault(source, {}).setdefault(target, 0)
+        walked[source][target] += 1
+        walked.setdefault(target, {}).setdefault(source, 0)
+        walked[target][source] += 1
+    assert state.adjacency == walked
+    assert earliest_edge(state) == min((e.first_seen for e in state.edges.values()), default="")
+    # An unknown relationship type makes graph_model walk every edge (its general path).
+    walking = copy.deepcopy(state)
+    walking.edge_types["not-a-type-in-the-filters"] = 0
+    selected = sorted(state.agents)[seed % len(state.agents)]
+    for filters in (GraphFilters(), GraphFilters(selected=selected), GraphFilters(max_visible=3, max_visible_edges=4, selected=selected)):
+        assert graph_model(state, filters) == graph_model(walking, filters)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_top_trust_rows_are_the_first_rows_of_the_full_sort(seed: int) -> None:
+    from chorus_lab.live.render import SORT_KEYS, sort_trust_rows
+    from chorus_lab.live.view import top_trust_rows, trust_rows
+
+    state = _churned_state(seed)
+    state.agent("q1").quarantined = True
+    for by in SORT_KEYS:
+        for descending in (False, True):
+            for limit in (1, 3, 200):
+                assert top_trust_rows(state, by, descending=descending, limit=limit) == sort_trust_rows(trust_rows(state), by, descending=descending)[:limit]
