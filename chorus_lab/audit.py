@@ -64,14 +64,20 @@ def link_hash(prev: str, lane: str, seq: int, topic: str, partition: int, key: b
     Every field is length-prefixed (a missing key or value is length -1), so no two
     different records hash the same input.
     """
-    digest = hashlib.sha256()
+    # One buffer and one update: the same bytes as hashing each part in turn, at half the
+    # cost (stage 1 stamps every decision).
+    buffer = bytearray()
     for part in (prev.encode(), lane.encode(), str(seq).encode(), topic.encode(), str(partition).encode(), key, value, str(timestamp_ms).encode()):
         if part is None:
-            digest.update(struct.pack(">i", -1))
+            buffer += _MISSING
         else:
-            digest.update(struct.pack(">i", len(part)))
-            digest.update(part)
-    return digest.hexdigest()
+            buffer += _LENGTH.pack(len(part))
+            buffer += part
+    return hashlib.sha256(buffer).hexdigest()
+
+
+_LENGTH = struct.Struct(">i")
+_MISSING = _LENGTH.pack(-1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +287,10 @@ def verify(
 # --------------------------------------------------------------------------- writing
 
 
+_KEY_PARTITIONS_KEPT = 1 << 16
+"""Bound on the remembered key → partition results (cleared when full)."""
+
+
 class AuditStamper:
     """Chains the records one writer produces; heads advance only when a transaction commits.
 
@@ -302,13 +312,21 @@ class AuditStamper:
         self._heads: dict[tuple[str, int, str], Link] = {}
         self._pending: dict[tuple[str, int, str], Link] = {}
         self._partitions: dict[str, int] = {}
+        self._key_partitions: dict[tuple[bytes, int], int] = {}
         self._reader: Consumer | None = None
 
     def partition(self, topic: str, key: bytes | None) -> int:
         """The partition a keyed record goes to (as the producer computes it)."""
         if key is None:
             raise ValueError(f"a keyless record for {topic} needs an explicit partition to be audited")
-        return partition_for_key(key, self._partition_count(topic))
+        count = self._partition_count(topic)
+        found = self._key_partitions.get((key, count))
+        if found is None:
+            # murmur2 is pure Python; a fleet has few agents, so their partitions are remembered.
+            if len(self._key_partitions) >= _KEY_PARTITIONS_KEPT:
+                self._key_partitions.clear()
+            found = self._key_partitions[(key, count)] = partition_for_key(key, count)
+        return found
 
     def stamp(self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int, *, lane: str, partition: int | None = None) -> Headers:
         """Audit headers for the next record of ``lane`` in the record's partition (pending until :meth:`commit`)."""

@@ -633,8 +633,8 @@ class StreamProcessor:
                 else:
                     self._handle_signal(record, received_at)
                     checkpoint_now.add(record.partition)
-                self._next[record.topic_partition] = record.offset + 1
-                offsets[record.topic_partition] = record.offset + 1
+                tp = record.topic_partition  # a new tuple per access: take it once
+                self._next[tp] = offsets[tp] = record.offset + 1
                 processed += 1
             now = time.monotonic()
             due = []

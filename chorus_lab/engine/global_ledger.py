@@ -36,7 +36,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from chorus_lab.engine.config import EngineConfig
-from chorus_lab.engine.conflict import Predictor
+from chorus_lab.engine.conflict import LedgerPredictor, Predictor
+from chorus_lab.engine.content import ContentFacts
 from chorus_lab.engine.ledger import LedgerView, PendingRequest, ResourceLedger
 from chorus_lab.schema import AgentMessage, ConflictAnalysis, parse_timestamp
 
@@ -196,6 +197,14 @@ class GlobalTablePredictor:
         if not self.table.entries or not isinstance(ledger, ResourceLedger):
             return self.inner.predict(message, ledger)
         return self.inner.predict(message, MergedLedgerView(ledger, self.table))
+
+    def assess(self, message: AgentMessage, facts: ContentFacts, ledger: LedgerView) -> ConflictAnalysis:
+        """:meth:`predict` with the content already parsed (only for an inner ``LedgerPredictor``)."""
+        if not isinstance(self.inner, LedgerPredictor):
+            raise TypeError(f"assess needs a LedgerPredictor inside, not {type(self.inner).__name__}; call predict")
+        if not self.table.entries or not isinstance(ledger, ResourceLedger):
+            return self.inner.assess(message, facts, ledger)
+        return self.inner.assess(message, facts, MergedLedgerView(ledger, self.table))
 
 
 def default_global_predictor(table: GlobalLedgerTable, config: EngineConfig | None = None) -> GlobalTablePredictor:

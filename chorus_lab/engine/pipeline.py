@@ -35,13 +35,14 @@ True
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from chorus_lab.engine.config import EngineConfig
 from chorus_lab.engine.conflict import LedgerPredictor, Predictor
+from chorus_lab.engine.global_ledger import GlobalTablePredictor
 from chorus_lab.engine.content import ContentFacts, parse_content
 from chorus_lab.engine.ledger import LedgerUpdate, ResourceLedger
 from chorus_lab.engine.quarantine import QuarantinePolicy
@@ -180,6 +181,7 @@ class PredictionEngine:
         self.config = config or EngineConfig()
         self.predictor: Predictor = predictor or LedgerPredictor(self.config)
         self.state = EngineState(self.config)
+        self._assess = _facts_assessor(self.predictor, self.config)
 
     # ------------------------------------------------------------------ inputs
 
@@ -193,7 +195,10 @@ class PredictionEngine:
 
         facts, content_warnings = parse_content(message.content, max_amount=config.max_amount)
         was_quarantined = state.quarantine.is_quarantined(agent)
-        conflict = self.predictor.predict(message, state.ledger)
+        if self._assess is not None:  # the same analysis, without parsing the content twice
+            conflict = self._assess(message, facts, state.ledger)
+        else:
+            conflict = self.predictor.predict(message, state.ledger)
         ledger_update = state.ledger.apply(message, facts)
         warnings = content_warnings + ledger_update.warnings
 
@@ -307,6 +312,19 @@ class PredictionEngine:
 
     def _sync_ledger(self, agent: str) -> None:
         self.state.ledger.set_quarantined(agent, self.state.quarantine.is_quarantined(agent))
+
+
+def _facts_assessor(predictor: Predictor, config: EngineConfig) -> Callable[[AgentMessage, ContentFacts, Any], ConflictAnalysis] | None:
+    """The predictor's ``assess`` when it would parse the content exactly as the engine does.
+
+    ``LedgerPredictor.predict`` is ``parse_content`` then ``assess``; when its content
+    limit is the engine's, the engine's parse can be handed over. Any other predictor is
+    called through ``predict``.
+    """
+    inner = predictor.inner if type(predictor) is GlobalTablePredictor else predictor
+    if type(inner) is not LedgerPredictor or inner.config.max_amount != config.max_amount:
+        return None
+    return predictor.assess  # type: ignore[attr-defined]  # both kinds above have it
 
 
 def behaviour_signals(
