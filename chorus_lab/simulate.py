@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chorus_lab.patterns.common import poisson_tail
 from chorus_lab.schema import AgentMessage, MessageType, encode, format_timestamp, parse_timestamp, to_dict
 
 SCENARIO_KINDS: tuple[str, ...] = (
@@ -259,8 +260,102 @@ def simulate(config: SimulationConfig) -> Simulation:
     fleet, scenarios = _prepare(config)
     messages = list(fleet.run())
     labels = [label for label in (s.label() for s in scenarios) if label is not None]
+    labels += chance_contention(messages, {r.name: r.capacity for r in fleet.resources}, fleet.scenario_messages, config.seed)
     labels.sort(key=lambda label: (label.onset_time, label.incident_id))
     return Simulation(config, messages, labels)
+
+
+CHANCE_BURST_S = 1.0
+"""Benign requests this close to a denied one form one burst (as ``ConflictConfig.burst_window_s``)."""
+CHANCE_MAX_P = 1e-4
+"""A benign burst at least this improbable at its resource's true rate is a real contention."""
+
+
+def chance_contention(
+    messages: list[AgentMessage], capacities: dict[str, int], scenario_ids: Collection[str], seed: int
+) -> list[Label]:
+    """Contention that ordinary traffic created by chance, labelled as the incident it is.
+
+    Benign agents ask independently, so now and then several ask for the same small
+    resource at once. When such a burst meets DESIGN.md's definition it *is* contention,
+    and a detector that reports it is right: at least 3 distinct agents, demand beyond
+    capacity by at least 2, a denial among them, and a burst improbable for the resource
+    (Poisson tail at most ``CHANCE_MAX_P``). The simulator judges with what no detector
+    has: the resource's true rate (all its benign requests over the whole run) and the
+    exact burst (requests within ``CHANCE_BURST_S`` either side of a denied one).
+    Overlapping bursts on one resource are one incident, labelled ``variant``
+    ``"chance"``; its onset is the first denied request. O(messages + bursts · burst size).
+
+    >>> from chorus_lab.schema import AgentMessage
+    >>> def at(i, s, agent, action, cause=None):
+    ...     return AgentMessage(agent, DEFAULT_START + timedelta(seconds=s), "request", {"action": action,
+    ...         "resource": "r", "amount": 1}, ["st"], "c", {}, message_id=f"m{i}", causation_id=cause)
+    >>> quiet = [at(i, 10.0 * i, "q", "request_resource") for i in range(1, 60)]
+    >>> burst = [at(100 + i, 600.0 + 0.1 * i, f"a{i}", "request_resource") for i in range(4)]
+    >>> denials = [at(200 + i, 600.5, "st", "deny", cause=f"m{100 + i}") for i in (2, 3)]
+    >>> found = chance_contention(quiet + burst + denials, {"r": 2}, (), 0)
+    >>> [(label.agents, label.onset_message_id, label.details["variant"]) for label in found]
+    [(['a0', 'a1', 'a2', 'a3'], 'm102', 'chance')]
+    """
+    if not messages:
+        return []
+    requests: dict[str, list[AgentMessage]] = {}
+    denials: dict[str, AgentMessage] = {}
+    for m in messages:
+        if m.message_id in scenario_ids or m.content.get("resource") not in capacities:
+            continue
+        if m.content.get("action") == "request_resource":
+            requests.setdefault(m.content["resource"], []).append(m)
+        elif m.content.get("action") == "deny" and m.causation_id is not None:
+            denials[m.causation_id] = m
+    start = messages[0].timestamp
+    duration = max((messages[-1].timestamp - start).total_seconds(), CHANCE_BURST_S)
+    labels: list[Label] = []
+    for resource in sorted(requests):
+        asked = requests[resource]  # in time order
+        seconds = [(m.timestamp - start).total_seconds() for m in asked]
+        rate = len(asked) / duration
+        incidents: list[list[int]] = []  # indexes of requests, per incident
+        for i, m in enumerate(asked):
+            if m.message_id not in denials:
+                continue
+            lo = bisect.bisect_left(seconds, seconds[i] - CHANCE_BURST_S)
+            hi = bisect.bisect_right(seconds, seconds[i] + CHANCE_BURST_S)
+            demand = {asked[j].agent_id: asked[j].content.get("amount", 1) for j in range(lo, hi)}
+            if len(demand) < 3 or sum(demand.values()) < capacities[resource] + 2:
+                continue
+            span = seconds[hi - 1] - seconds[lo] + CHANCE_BURST_S
+            if poisson_tail(hi - lo, rate * span) > CHANCE_MAX_P:
+                continue
+            if incidents and lo <= incidents[-1][-1]:
+                incidents[-1].extend(j for j in range(incidents[-1][-1] + 1, hi))
+            else:
+                incidents.append(list(range(lo, hi)))
+        for burst in incidents:
+            members = [asked[j] for j in burst]
+            denied = [m for m in members if m.message_id in denials]
+            onset = denied[0]
+            labels.append(
+                Label(
+                    incident_id=f"sim{seed}-conflict-chance-{resource}-{len(labels) + 1}",
+                    pattern="conflict",
+                    agents=sorted({m.agent_id for m in members}),
+                    onset_message_id=onset.message_id,
+                    onset_time=onset.timestamp,
+                    end_time=max(denials[m.message_id].timestamp for m in denied),
+                    details={
+                        "variant": "chance",
+                        "kind": "contention",
+                        "resource": resource,
+                        "capacity": capacities[resource],
+                        "demand": sum({m.agent_id: m.content.get("amount", 1) for m in members}.values()),
+                        "request_ids": [m.message_id for m in members],
+                        "denied": sorted({m.agent_id for m in denied}),
+                        "usual_requests_per_s": round(rate, 6),
+                    },
+                )
+            )
+    return labels
 
 
 def write_jsonl(simulation: Simulation, messages_path: str | Path, labels_path: str | Path) -> None:
@@ -364,6 +459,8 @@ class _Fleet:
         self._message_ids = itertools.count(1)
         self._correlations = itertools.count(1)
         self._outbox: list[AgentMessage] = []
+        self.scenario_messages: set[str] = set()
+        """Ids of the messages scenarios sent (everything else is benign)."""
 
     # ---- clock
 
@@ -413,6 +510,7 @@ class _Fleet:
         if owner is None:
             self.benign_sent += 1
         else:
+            self.scenario_messages.add(message.message_id)
             owner.record(message)
         return message
 
@@ -496,13 +594,18 @@ class _Fleet:
         Contention is demand beyond what the resource normally sees: on the fleet's hottest
         resource a burst of a few requests is ordinary traffic, and no detector could (or
         should) tell the incident from it. A scarce resource that is quiet otherwise makes
-        the incident what its label says. (``rng`` is drawn from as before, so the rest of
-        the run does not change.)
+        the incident what its label says. So the hottest resource (rank 0) is never chosen
+        while another is free, and "scarce" is measured among the others: when the other
+        small resources are all reserved, a larger quiet one takes the incident (with more
+        contenders, since demand must still exceed its capacity by 2). (``rng`` is drawn
+        from as before, so the rest of the run does not change.)
         """
         free = self._unreserved()
         smallest = min(r.capacity for r in free)
         rng.choice([r for r in free if r.capacity == smallest])
-        scarce = [r for r in free if r.capacity <= 2 * smallest]
+        quiet = [r for r in free if r.rank > 0] or free
+        smallest = min(r.capacity for r in quiet)
+        scarce = [r for r in quiet if r.capacity <= 2 * smallest]
         return self._reserve(max(scarce, key=lambda r: r.rank))
 
     def _unreserved(self) -> list[_Resource]:

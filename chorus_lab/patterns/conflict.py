@@ -9,7 +9,12 @@ denial on a busy resource (those are the predictor's business and its calibratio
   demand exceeds its capacity by ``min_excess``, and that many requests in so short a
   time is improbable for this resource: the Poisson tail probability of its long-run
   request rate is at most ``max_p_value``. On a resource that is always busy, three
-  requests at once are normal and are not an incident; on a quiet one they are.
+  requests at once are normal and are not an incident; on a quiet one they are. A burst
+  is judged when the denial comes and judged again on every request that still falls
+  within ``burst_window_s`` of the denied one (then as the requests within
+  ``burst_window_s`` before that request, so a burst never spans more than the window):
+  a steward that answers quickly denies before the whole burst has arrived, and the
+  burst is what the definition measures, not the moment of the answer.
 - **deadlock** — a request that closes a cycle in the fleet-wide *wait-for graph*: agent
   x waits for agent y when x wants a resource that y holds and that cannot take x's
   amount now. x *wants* a resource from its request until it is granted it, or, once
@@ -97,6 +102,10 @@ class _Resource:
     requests: int = 0
     recent: deque[tuple[float, str, float, str]] = field(default_factory=deque)
     """(time, requester, amount, message id)"""
+    denial: tuple[float, tuple[str, ...], str] | None = None
+    """The latest denial: (when the denied request was made, denied agents, denial message id)."""
+    reported: str = ""
+    """Message id of the latest request in the last burst reported (a burst that did not grow is not reported again)."""
 
 
 class ConflictDetector:
@@ -143,26 +152,35 @@ class ConflictDetector:
             horizon = obs.seconds - self.config.burst_window_s - self.config.answer_window_s
             while state.recent and (state.recent[0][0] < horizon or len(state.recent) > self.config.max_requests):
                 state.recent.popleft()
+            if state.denial is not None and obs.seconds - state.denial[0] <= self.config.burst_window_s:
+                return self._contention(obs, ledger, resource, state)  # the burst grew after a denial
             return []
         if facts.action == "deny" and update is not None and update.denied:
-            return self._contention(obs, ledger, resource, state, update.denied)
+            asked = [r[0] for r in state.recent if r[1] in update.denied]
+            if not asked:
+                return []
+            state.denial = (asked[-1], tuple(update.denied), obs.message.message_id)
+            return self._contention(obs, ledger, resource, state)
         return []
 
     # ------------------------------------------------------------------ contention
 
-    def _contention(
-        self, obs: Observation, ledger: ResourceLedger, resource: str, state: _Resource, denied: list[str]
-    ) -> list[Finding]:
+    def _contention(self, obs: Observation, ledger: ResourceLedger, resource: str, state: _Resource) -> list[Finding]:
+        """Judge the burst around ``state.denial`` as it stands at ``obs`` (a denial or a later request)."""
         config = self.config
-        asked = [r for r in state.recent if r[1] in denied]
-        if not asked:
-            return []
-        asked_at = asked[-1][0]
-        burst = [r for r in state.recent if asked_at - config.burst_window_s <= r[0] <= obs.seconds]
+        assert state.denial is not None
+        asked_at, denied, denial_id = state.denial
+        # At a denial, the burst is the window before the denied request (as always); judged
+        # again at a later request, it is the window before *that* request, which still holds
+        # the denied one: a burst never spans more than burst_window_s.
+        since = asked_at if obs.facts.action == "deny" else obs.seconds
+        burst = [r for r in state.recent if since - config.burst_window_s <= r[0] <= obs.seconds]
         contenders = sorted({r[1] for r in burst})
         demand = sum({r[1]: r[2] for r in burst}.values())
         capacity = ledger.capacity(resource)
         if len(contenders) < config.min_contenders or demand < capacity + config.min_excess:
+            return []
+        if burst[-1][3] == state.reported:
             return []
         first = burst[0][0]
         history = first - state.first_seen
@@ -176,6 +194,7 @@ class ConflictDetector:
             return []
         decades = math.log10(config.max_p_value / max(p_value, 1e-300))
         confidence = 0.6 + 0.39 * (1.0 - math.exp(-decades))
+        state.reported = burst[-1][3]
         return [
             Finding(
                 pattern="conflict",
@@ -189,7 +208,7 @@ class ConflictDetector:
                     f"was denied (a burst this size has probability {p_value:.1g} at the usual "
                     f"{rate * 60:.1f} requests/min)."
                 ),
-                evidence=tuple([r[3] for r in burst] + [obs.message.message_id]),
+                evidence=tuple(dict.fromkeys([r[3] for r in burst] + [denial_id, obs.message.message_id])),
                 detected_at=obs.message.timestamp,
                 details={
                     "kind": "contention",

@@ -121,6 +121,39 @@ def test_demand_just_over_capacity_is_not_an_incident() -> None:
     assert world.findings == []  # demand 5 against 4: beyond, but by less than min_excess
 
 
+def quick_steward_world(late: list[tuple[str, float]]) -> World:
+    """A quiet resource of capacity 2 whose steward denies the third request before others arrive."""
+    world = World()
+    world.announce("r", 2)
+    world.request("early", "r", 1.0, 1, "grant")
+    world.send("early", ["s-r"], 2.0, action="release", resource="r")
+    world.request("a", "r", 100.0, 1, "grant")
+    world.request("b", "r", 100.1, 1, "grant")
+    world.request("c", "r", 100.2, 1, "deny")  # demand 3 against 2 when the denial comes: not yet beyond by 2
+    for agent, seconds in late:
+        world.send(agent, ["s-r"], seconds, action="request_resource", resource="r", amount=1)
+    return world
+
+
+def test_a_burst_that_grows_after_the_denial_is_judged_again() -> None:
+    world = quick_steward_world([("d", 100.6)])
+    (finding,) = world.findings
+    assert finding.details["kind"] == "contention"
+    assert finding.agents == ("a", "b", "c", "d")
+    assert finding.details["denied"] == ["c"] and finding.details["demand"] == 4
+
+
+def test_a_request_after_the_burst_window_does_not_join_it() -> None:
+    world = quick_steward_world([("d", 101.5)])  # 1.3 s after the denied request: a new burst
+    assert world.findings == []
+
+
+def test_a_burst_judged_again_never_spans_more_than_the_window() -> None:
+    # d comes within 1 s of the denied request, but over 1 s after a and b: no 1-s burst holds four.
+    world = quick_steward_world([("d", 101.15)])
+    assert world.findings == []
+
+
 def test_no_contention_alert_before_the_rate_is_known() -> None:
     world = World()
     world.announce("r", 1)
