@@ -72,7 +72,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from chorus_lab import config
 from chorus_lab.bus import (
@@ -344,6 +344,42 @@ def consume_batch(consumer: Consumer, max_records: int, timeout: float) -> list[
     return records
 
 
+class StageRunner(Protocol):
+    """What the stage shells (:class:`StreamProcessor`, ``Stage2Processor``) share for running."""
+
+    stats: Any
+
+    def start(self) -> None: ...
+    def step(self) -> int: ...
+    def caught_up(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def run_until_stopped(runner: StageRunner, stop: threading.Event | None = None) -> None:
+    """Step ``runner`` until ``stop`` is set; always close it."""
+    stop = stop or threading.Event()
+    runner.start()
+    try:
+        while not stop.is_set():
+            runner.step()
+    finally:
+        runner.close()
+
+
+def run_until_caught_up(runner: StageRunner, timeout: float, *, name: str) -> None:
+    """Step ``runner`` until a step reads nothing and it has caught up (offline runs); always close it."""
+    runner.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise BusError(f"{name} did not catch up within {timeout:.0f}s: {runner.stats.summary()}")
+            if runner.step() == 0 and runner.caught_up():
+                break
+    finally:
+        runner.close()
+
+
 def bounded_reader(bus: Bus) -> Consumer:
     """A group-less consumer for bounded reads (checkpoints, replays, audit chain heads)."""
     from chorus_lab.bus.kafka import KafkaBus
@@ -483,27 +519,12 @@ class StreamProcessor:
 
     def run(self, stop: threading.Event | None = None) -> ProcessorStats:
         """Process until ``stop`` is set; always close. Returns the final stats."""
-        stop = stop or threading.Event()
-        self.start()
-        try:
-            while not stop.is_set():
-                self.step()
-        finally:
-            self.close()
+        run_until_stopped(self, stop)
         return self.stats
 
     def run_until_caught_up(self, timeout: float = 3600.0) -> ProcessorStats:
         """Process until every partition is read to its end (for offline runs); then close."""
-        self.start()
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if time.monotonic() > deadline:
-                    raise BusError(f"stage 1 did not catch up within {timeout:.0f}s: {self.stats.summary()}")
-                if self.step() == 0 and self.caught_up():
-                    break
-        finally:
-            self.close()
+        run_until_caught_up(self, timeout, name="stage 1")
         return self.stats
 
     def close(self) -> None:
@@ -1280,4 +1301,6 @@ __all__ = [
     "message_or_dead_letter",
     "read_range",
     "run_pipeline",
+    "run_until_caught_up",
+    "run_until_stopped",
 ]

@@ -74,7 +74,7 @@ from chorus_lab.bus import Bus, BusError, CommitFailedError, Consumer, Producer,
 from chorus_lab.deadletter import DeadLetter
 from chorus_lab.history.eventtime import record_timestamp_ms, to_ms
 from chorus_lab.pipeline import DetectionSignal as WireSignal
-from chorus_lab.processor import Topics, bounded_reader, consume_batch, default_instance_id, read_range
+from chorus_lab.processor import Topics, bounded_reader, consume_batch, default_instance_id, read_range, run_until_caught_up, run_until_stopped
 from chorus_lab.schema import ProcessedDecision, SchemaError, decode, encode
 from chorus_lab.stage2 import Stage2, Stage2Config, Stage2Output, alert_key, graph_update_key
 
@@ -310,27 +310,12 @@ class Stage2Processor:
 
     def run(self, stop: threading.Event | None = None) -> Stage2Stats:
         """Process until ``stop`` is set; always close."""
-        stop = stop or threading.Event()
-        self.start()
-        try:
-            while not stop.is_set():
-                self.step()
-        finally:
-            self.close()
+        run_until_stopped(self, stop)
         return self.stats
 
     def run_until_caught_up(self, timeout: float = 3600.0) -> Stage2Stats:
         """Process until every partition is read to its end (offline runs); then close."""
-        self.start()
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if time.monotonic() > deadline:
-                    raise BusError(f"stage 2 did not catch up within {timeout:.0f}s: {self.stats.summary()}")
-                if self.step() == 0 and self.caught_up():
-                    break
-        finally:
-            self.close()
+        run_until_caught_up(self, timeout, name="stage 2")
         return self.stats
 
     def close(self) -> None:
