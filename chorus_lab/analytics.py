@@ -17,7 +17,9 @@ Fields of a snapshot (``docs/detection.md`` has the full table):
 - ``errors``: ``count, rate`` (errors / (messages + errors)), ``by_kind``;
   ``warnings``: ``count, rate`` (decisions flagged ``content_warning``/``ledger_warning``)
 - ``consumer_lag``: as last passed in (``{"total": n, ...}``), or null
-- ``stages``: mean ms per message per stage; ``bottleneck``: the slowest stage
+- ``stages``: mean ms per message per stage (``stage1`` from the decisions' processing
+  metadata; ``bus``, ``stage2`` … as the shell passes them); ``bottleneck``: the slowest
+  processing stage (waiting stages such as ``bus`` are shown but never named)
 - ``trust``: ``agents, mean, median, p10, min, histogram`` (ten buckets of width 10),
   ``below_quarantine``, ``quarantined``
 - ``conflicts``: ``requests, predicted, predicted_rate, mean_risk, denials, refused,
@@ -56,6 +58,14 @@ from chorus_lab.patterns.common import BoundedDict
 from chorus_lab.schema import Alert, ProcessedDecision, format_timestamp
 
 SNAPSHOT_VERSION = 1
+
+PROCESSING_FIELDS = ("latency_ms", "consumer_lag", "stages", "bottleneck")
+"""Snapshot fields built from wall-clock observations of the shell (like a decision's
+``processing_metadata``): a replay of the same input may differ in these and only these."""
+
+WAITING_STAGES = frozenset({"bus"})
+"""Stages in ``stages`` that measure waiting (a decision sitting in a topic), not work: they
+grow *because* a stage downstream is slow, so they are never named the ``bottleneck``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +226,7 @@ class MetricsAggregator:
             window.late += 1
         meta = decision.processing_metadata
         self._latency(window, meta.latency_ms)
-        self._stage(window, "stage1", meta.latency_ms)
+        self._stage(window, "stage1", stage1_ms(decision))
         for stage, ms in (stage_ms or {}).items():
             self._stage(window, stage, ms)
         if "content_warning" in meta.flags or "ledger_warning" in meta.flags:
@@ -261,6 +271,14 @@ class MetricsAggregator:
         window = self._current(now)
         window.errors[kind] = window.errors.get(kind, 0) + 1
         return closed
+
+    def observe_stages(self, stage_ms: Mapping[str, float]) -> None:
+        """Add per-stage times the shell measured after the decision was observed (e.g. its
+        own time, ``{"stage2": 0.4}``) to the current window. Closes no window. O(stages)."""
+        if self._window is None:
+            return  # nothing observed yet: there is no decision these times belong to
+        for stage, ms in stage_ms.items():
+            self._stage(self._window, stage, ms)
 
     def set_consumer_lag(self, lag: Any) -> None:
         """Record the consumer lag the shell measured (shown by the current window's snapshot)."""
@@ -423,7 +441,7 @@ class MetricsAggregator:
             "warnings": {"count": window.warnings, "rate": window.warnings / window.messages if window.messages else 0.0},
             "consumer_lag": self._lag,
             "stages": stages,
-            "bottleneck": max(stages, key=lambda s: (stages[s], s)) if stages else None,
+            "bottleneck": bottleneck(stages),
             "trust": self._trust_distribution(),
             "conflicts": {
                 "requests": window.requests,
@@ -514,6 +532,31 @@ class MetricsAggregator:
         return lo, hi
 
 
+def stage1_ms(decision: ProcessedDecision) -> float:
+    """Stage 1's time for one message: from reading it (``received_at``, the start of its
+    batch) to its decision (``processed_at``), in ms; never negative.
+
+    Not ``latency_ms``, which also counts the time the message waited in the raw topic.
+    """
+    meta = decision.processing_metadata
+    return max(0.0, (meta.processed_at - meta.received_at).total_seconds() * 1000)
+
+
+def bottleneck(stages: Mapping[str, float]) -> str | None:
+    """The slowest processing stage by mean ms per message (ties: the later name), or None.
+
+    Waiting stages (:data:`WAITING_STAGES`) are left out: a decision waits in the bus
+    because the stage reading it is slow, not the other way round.
+
+    >>> bottleneck({"bus": 40.0, "stage1": 2.0, "stage2": 5.0})
+    'stage2'
+    >>> bottleneck({"bus": 3.0}) is None
+    True
+    """
+    working = {name: ms for name, ms in stages.items() if name not in WAITING_STAGES}
+    return max(working, key=lambda name: (working[name], name)) if working else None
+
+
 def latency_summary(samples: list[float], count: int, total: float, largest: float) -> dict[str, Any]:
     """Count, mean, nearest-rank p50/p95/p99 and max of a window's latencies.
 
@@ -556,4 +599,14 @@ def _get(snapshot: Mapping[str, Any], path: str) -> Any:
     return value
 
 
-__all__ = ["Holt", "MetricsAggregator", "MetricsConfig", "latency_summary", "percentile"]
+__all__ = [
+    "PROCESSING_FIELDS",
+    "WAITING_STAGES",
+    "Holt",
+    "MetricsAggregator",
+    "MetricsConfig",
+    "bottleneck",
+    "latency_summary",
+    "percentile",
+    "stage1_ms",
+]

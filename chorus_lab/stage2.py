@@ -206,8 +206,10 @@ class Stage2:
     def process(self, decision: ProcessedDecision, stage_ms: dict[str, float] | None = None) -> Stage2Output:
         """Everything stage 2 concludes from one processed decision.
 
-        ``stage_ms`` is the shell's measured time per stage for this message (e.g.
-        ``{"stage2": 0.4}``), for the metrics' bottleneck; the core never times itself.
+        ``stage_ms`` is the shell's measured time per stage for this message known before
+        the core takes it (e.g. ``{"bus": 12.0}``: how long it sat in the decisions topic),
+        for the metrics' ``stages`` and bottleneck; the core never times itself (its own
+        time goes in afterwards with :meth:`observe_stage_times`).
         """
         message = decision.original_message
         if not self._seen.add(message.message_id):
@@ -251,6 +253,17 @@ class Stage2:
         findings = self.hoarding.advance(event_time, self.ledger) if "resource_hoarding" in self.config.patterns else []
         self._raise(findings, event_time, out)
         return out
+
+    def observe_stage_times(self, stage_ms: dict[str, float]) -> None:
+        """Record times the shell measured once the core had taken a decision (e.g. stage 2's
+        own, ``{"stage2": 0.4}``) in the current metrics window: a processing observation,
+        like ``processing_metadata``, never read by the analysis."""
+        self.metrics.observe_stages(stage_ms)
+
+    def observe_consumer_lag(self, lag: dict[str, Any]) -> None:
+        """Record the consumer lag the shell measured (e.g. ``{"total": 120}``), shown by the
+        snapshots closed from now on; closes no window (unlike ``tick(consumer_lag=…)``)."""
+        self.metrics.set_consumer_lag(lag)
 
     def observe_error(self, when: datetime, kind: str) -> Stage2Output:
         """Count a message the pipeline could not process (for the error rate)."""

@@ -13,7 +13,7 @@ alerts                      ``system-alerts``            ``stage2.alert_key``
 trust signals               ``chorus-trust-signals``     ``agent_id`` (lands on the agent's raw partition)
 resource ledger             ``chorus-resource-ledger``   resource (compacted: the latest state per resource)
 metric windows              ``analytics-metrics``        ``"snapshot"``
-decode failures             ``agent-messages-errors``    the original key (``DeadLetter``)
+decode or core failures     ``agent-messages-errors``    the original key (``DeadLetter``)
 checkpoint                  ``chorus-snapshots``         ``stage2/<group>/<decisions topic>``
 ==========================  ===========================  ======================================
 
@@ -43,6 +43,27 @@ producing nothing. Decisions of different partitions interleave by timing, and
 stage 2's state depends on that order; the journal makes the replay follow the very
 order the outputs were committed in, so a restarted instance continues exactly where
 the killed one committed: no alert lost, none twice.
+
+**A decision the core fails on is data** (DESIGN.md principle 6), as in stage 1: when
+``Stage2.process`` raises, the batch is abandoned before anything was sent, the state is
+rolled back to the last commit (the core may hold half of the decision), and the batch is
+done again with that decision (``topic, partition, offset``) dead-lettered instead of
+processed: a :class:`~chorus_lab.deadletter.DeadLetter` of stage ``stage2`` (exception type
+and message, the record's original bytes and key, ``topic/partition/offset``) on
+``agent-messages-errors``, counted in ``stats.errors`` and in the metrics' ``errors``
+(kind ``stage2``). That batch always writes a checkpoint, so a restore never replays the
+failed decision (a journal only ever holds decisions the core took), and the dead letter
+commits with the offsets and checkpoint that cover it: a restart sends it neither twice
+nor not at all.
+
+**Processing observations.** The shell measures what the core cannot know and passes it
+in as observations for ``analytics-metrics`` (``docs/detection.md``, *Stream analytics*):
+each decision's time in the decisions topic (``stages.bus``: read time − stage 1's
+``processed_at``), stage 2's own time for it (``stages.stage2``: from the start of the
+batch's work to its result, the way stage 1 stamps ``received_at``/``processed_at``), and
+the consumer lag (end offset − position per decisions partition, every ``lag_interval_s``).
+Like ``processing_metadata`` they are wall-clock values; nothing else in the output
+depends on them.
 
 >>> import tempfile
 >>> from chorus_lab.bus import open_bus
@@ -74,7 +95,7 @@ from chorus_lab.bus import Bus, BusError, CommitFailedError, Consumer, Producer,
 from chorus_lab.deadletter import DeadLetter
 from chorus_lab.history.eventtime import record_timestamp_ms, to_ms
 from chorus_lab.pipeline import DetectionSignal as WireSignal
-from chorus_lab.processor import Topics, bounded_reader, consume_batch, default_instance_id, read_range, run_until_caught_up, run_until_stopped
+from chorus_lab.processor import Topics, _Poisoned, bounded_reader, consume_batch, default_instance_id, read_range, run_until_caught_up, run_until_stopped
 from chorus_lab.schema import ProcessedDecision, SchemaError, decode, encode
 from chorus_lab.stage2 import Stage2, Stage2Config, Stage2Output, alert_key, graph_update_key
 
@@ -114,6 +135,9 @@ class Stage2Settings:
     """Partitions of topics created when missing."""
     create_topics: bool = True
     stats_interval_s: float = 30.0
+    lag_interval_s: float = 1.0
+    """Seconds (wall clock) between consumer-lag measurements for ``analytics-metrics`` (each
+    asks the bus for the end offset of every decisions partition)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -131,6 +155,7 @@ class Stage2Stats:
     decisions: int = 0
     duplicates: int = 0
     errors: int = 0
+    """Decisions dead-lettered: undecodable (stage ``decode``) or failed in the core (``stage2``)."""
     alerts: int = 0
     signals: int = 0
     graph_updates: int = 0
@@ -242,9 +267,16 @@ class Stage2Processor:
         settings: Stage2Settings | None = None,
         stage2_config: Stage2Config | None = None,
         upstream_done: Callable[[], bool] | None = None,
+        fault_hook: Callable[[ProcessedDecision], None] | None = None,
     ) -> None:
         """``upstream_done`` (offline runs): True once stage 1 has written everything, so a
-        partition read to its end is final; live, a quiet ``idle_flush_s`` means the same."""
+        partition read to its end is final; live, a quiet ``idle_flush_s`` means the same.
+
+        ``fault_hook`` (tests): called with each decision right after the core took it, as
+        part of the core's step; an exception it raises is handled as the core's (the core's
+        state has changed by then, so the rollback is exercised too). It is not part of the
+        checkpointed state.
+        """
         self.bus = bus
         self.group_id = group_id
         self.instance_id = instance_id or default_instance_id()
@@ -268,6 +300,16 @@ class Stage2Processor:
         self._upstream_done = upstream_done
         self._idle_since: float | None = None
         """Newest event time read per decisions partition."""
+        self._fault_hook = fault_hook
+        self._poison: dict[tuple[str, int, int], DeadLetter] = {}
+        """Decisions the core failed on, by (topic, partition, offset): dead-lettered when the
+        retried batch releases them; forgotten once that batch commits."""
+        self._poisoned_here: list[tuple[str, int, int]] = []
+        self._bus_ms: dict[tuple[int, int], float] = {}
+        """Per held decision (partition, offset): ms from stage 1's ``processed_at`` to our read
+        (a processing observation; not checkpointed, so a restored decision has none)."""
+        self._batch_started = 0.0
+        self._lag_due = 0.0
         self._outputs: list[tuple[str, bytes | None, bytes | None, Any, int | None, int | None]] = []
         # Alerts are an audit trail: stage 2's lane of each system-alerts partition (see chorus_lab.audit).
         self._audit = AuditStamper(bus)
@@ -371,10 +413,18 @@ class Stage2Processor:
             log.warning("stage-2 transaction aborted (%s); rolling back to the last commit", exc)
             self._rollback()
             time.sleep(min(5.0, 0.05 * 2**self._aborts_in_a_row))
+        except _Poisoned as poisoned:
+            # Nothing was sent: forget the batch's half-done state and do it again with the
+            # decision dead-lettered (the consumer is seeked back to the last commit).
+            letter = poisoned.letter
+            log.warning("stage 2: decision %s failed in the core (%s: %s); dead-lettering it and redoing the batch", letter.source, letter.error_type, letter.message)
+            self._poison[poisoned.key] = letter
+            self._rollback()
         return len(records)
 
     def _transact(self, records: list[Record]) -> None:
         self._outputs = []
+        self._poisoned_here = []
         self._audit.abort()  # links of a batch that did not commit are void
         before = replace(self.stats)  # a batch done again after an abort counts once
         try:
@@ -389,13 +439,24 @@ class Stage2Processor:
         self.stats.held = len(self._buffer)
 
     def _decide_and_commit(self, records: list[Record]) -> bool:
+        # Measured once the batch is consumed (the windows its decisions close show the backlog
+        # behind it) and before it joins the ordering buffer (``held`` is what earlier batches left).
+        lag = self._consumer_lag()
+        if lag is not None:
+            self.stage.observe_consumer_lag(lag)
+        self._batch_started = time.perf_counter()  # stage 2's work on the batch starts here (not the measuring)
         for record in records:
             self._arrive(record, live=True)
         released = self._release(live=True)
         if not records and not released:
             return False
         self._since_checkpoint += len(records)
-        checkpoint = self._since_checkpoint >= self.settings.snapshot_every or time.monotonic() >= self._checkpoint_due
+        # A dead-lettered failure is not journaled: a replay must not run the core on it again.
+        checkpoint = (
+            self._since_checkpoint >= self.settings.snapshot_every
+            or time.monotonic() >= self._checkpoint_due
+            or bool(self._poisoned_here)
+        )
         if checkpoint:
             self._new_generation()
             self._queue_checkpoint(statecodec.dumps(self._state()))
@@ -406,6 +467,8 @@ class Stage2Processor:
             self._since_checkpoint = 0
             self._checkpoint_due = time.monotonic() + self.settings.snapshot_interval_s
             self.stats.checkpoints += 1
+        for key in self._poisoned_here:
+            self._poison.pop(key, None)
         return True
 
     def _commit(self, offsets: dict[TopicPartition, int] | None) -> None:
@@ -446,6 +509,9 @@ class Stage2Processor:
         if self._watermark is None:
             return
         self._outputs = []
+        lag = self._consumer_lag(force=True)
+        if lag is not None:
+            self.stage.observe_consumer_lag(lag)
         self._emit(self.stage.tick(self._watermark + timedelta(seconds=seconds)), live=True)
         if self._outputs:
             self._commit(None)
@@ -463,6 +529,10 @@ class Stage2Processor:
             if self._watermark is not None:
                 self._emit(self.stage.observe_error(self._watermark, "decode"), live=live)
             return
+        if live:
+            # Time in the bus: from stage 1's decision to our read (wall clocks of two hosts).
+            read_ms = time.time() * 1000
+            self._bus_ms[(record.partition, record.offset)] = max(0.0, read_ms - decision.processing_metadata.processed_at.timestamp() * 1000)
         when = decision.original_message.timestamp.timestamp()
         if when > self._frontier.get(record.partition, -math.inf):
             self._frontier[record.partition] = when
@@ -517,25 +587,90 @@ class Stage2Processor:
         released: list[tuple[int, int]] = []
         while self._buffer and (self._buffer[0][0] <= limit or len(self._buffer) > self.settings.max_buffer):
             _, partition, offset, decision = heapq.heappop(self._buffer)
-            self._process(decision, live=live)
+            self._process(partition, offset, decision, live=live)
             released.append((partition, offset))
         if released:
             self._tick(live=live)
         return released
 
-    def _process(self, decision: ProcessedDecision, *, live: bool) -> None:
+    def _process(self, partition: int, offset: int, decision: ProcessedDecision, *, live: bool) -> None:
+        """Run one released decision through the core, or dead-letter it if the core failed on it before.
+
+        Raises ``_Poisoned`` when the core raises on it live (``step`` rolls back and redoes
+        the batch). During a restore's replay an exception propagates: the journal only
+        holds decisions the core took, so one failing there is not reproducible input.
+        """
         when = decision.original_message.timestamp
         if self._watermark is None or when > self._watermark:
             self._watermark = when
-        out = self.stage.process(decision)
+        key = (self.topics.decisions, partition, offset)
+        bus_ms = self._bus_ms.pop((partition, offset), None)
+        letter = self._poison.get(key)
+        if letter is not None:
+            self._dead_letter(key, letter, live=live)
+            return
+        try:
+            out = self.stage.process(decision, None if bus_ms is None else {"bus": bus_ms})
+            if self._fault_hook is not None:
+                self._fault_hook(decision)
+        except Exception as exc:  # any failure of the core is this decision's, not stage 2's
+            if not live:
+                raise
+            raise _Poisoned(key, self._core_letter(exc, partition, offset)) from exc
         if live:
+            # Like stage 1's received_at → processed_at: from the start of the batch's work to this result.
+            self.stage.observe_stage_times({"stage2": (time.perf_counter() - self._batch_started) * 1000})
             self.stats.decisions += not out.duplicate
             self.stats.duplicates += out.duplicate
         self._emit(out, live=live)
 
+    def _dead_letter(self, key: tuple[str, int, int], letter: DeadLetter, *, live: bool) -> None:
+        """Send a decision the core failed on to the error topic, count it, and skip it."""
+        if live:
+            self._send(self.topics.errors, letter.original_value, letter.original_key, headers=letter.headers())
+            self.stats.errors += 1
+            self._poisoned_here.append(key)
+        assert self._watermark is not None  # set from the failed decision's own time
+        self._emit(self.stage.observe_error(self._watermark, "stage2"), live=live)
+
+    def _core_letter(self, exc: BaseException, partition: int, offset: int) -> DeadLetter:
+        """A dead letter for a decision the core raised on, with the record's original bytes.
+
+        The ordering buffer holds decoded decisions only (it is checkpointed, so no second
+        copy of every record); the bytes are read back from the log, which is rare.
+        """
+        tp = TopicPartition(self.topics.decisions, partition)
+        record = next(iter(read_range(self._reader_consumer(), tp, offset, offset + 1)), None)
+        return DeadLetter.from_exception(
+            exc,
+            stage="stage2",
+            source=f"{tp.topic}/{partition}/{offset}",
+            value=None if record is None else record.value,
+            key=None if record is None else record.key,
+        )
+
     def _tick(self, *, live: bool) -> None:
         if self._watermark is not None:
             self._emit(self.stage.tick(self._watermark), live=live)
+
+    def _consumer_lag(self, *, force: bool = False) -> dict[str, Any] | None:
+        """Records of the decisions topic not yet read (end offset − position, per partition and
+        summed), at most every ``lag_interval_s``; None between measurements (the metrics keep
+        the last). ``held``: decisions earlier batches read but still hold for event-time
+        order (not lag). Called after a batch is consumed, before it is decoded."""
+        consumer = self._consumer
+        now = time.monotonic()
+        if consumer is None or (now < self._lag_due and not force):
+            return None
+        self._lag_due = now + self.settings.lag_interval_s
+        by_partition: dict[str, int] = {}
+        for partition in range(self._partitions):
+            tp = TopicPartition(self.topics.decisions, partition)
+            end = consumer.watermarks(tp)[1]
+            # Our own next offset counts too: after a seek the consumer's position may lag it.
+            position = max(consumer.position([tp])[tp] or 0, self._next.get(partition, 0))
+            by_partition[str(partition)] = max(0, end - position)
+        return {"total": sum(by_partition.values()), "by_partition": by_partition, "held": len(self._buffer), "topic": self.topics.decisions}
 
     def _emit(self, out: Stage2Output, *, live: bool) -> None:
         if not live:
@@ -591,6 +726,7 @@ class Stage2Processor:
         self.stage = Stage2(self.stage2_config)
         self._watermark = None
         self._buffer, self._frontier = [], {}
+        self._bus_ms.clear()
         tps = [TopicPartition(self.topics.decisions, p) for p in range(self._partitions)]
         committed = self._consumer.committed(tps)
         self._restore({tp.partition: committed.get(tp) for tp in tps})
@@ -673,8 +809,8 @@ class Stage2Processor:
         if not wanted:
             return
         held = {(p, o): (t, p, o, d) for t, p, o, d in self._buffer}
-        for key in wanted:
-            self._process(held.pop(key)[3], live=False)
+        for partition, offset in wanted:
+            self._process(partition, offset, held.pop((partition, offset))[3], live=False)
         self._buffer = list(held.values())
         heapq.heapify(self._buffer)
         self._tick(live=False)

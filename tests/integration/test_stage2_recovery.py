@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import uuid
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
-from chorus_lab import simulate
-from chorus_lab.bus import TopicPartition
+from chorus_lab import config, simulate
+from chorus_lab.analytics import PROCESSING_FIELDS
+from chorus_lab.bus import Bus, TopicPartition
 from chorus_lab.bus.kafka import KafkaBus
+from chorus_lab.deadletter import DeadLetter
+from chorus_lab.engine import PredictionEngine
+from chorus_lab.pipeline import encode_decision
 from chorus_lab.processor import ProcessorSettings, StreamProcessor, Topics
+from chorus_lab.schema import ProcessedDecision
+from chorus_lab.stage2 import decision_from_engine
 from chorus_lab.stage2_processor import Stage2Processor, Stage2Settings
 from tests.integration.test_processor_harness import PARTITIONS
 from tests.integration.test_processor_recovery import _running, chorus, produce
@@ -115,3 +123,109 @@ def _wait(condition, process, timeout: float = 120.0) -> None:
         _running(process)
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_a_decision_the_core_fails_on_is_dead_lettered_once_and_stage2_goes_on(any_bus: Bus) -> None:
+    """The core raises on one decision: exactly that decision goes to agent-messages-errors
+    with its reason and bytes, the rest is processed, and a stage 2 stopped after it and
+    restarted (checkpoint + journal replay) neither sends the error again nor diverges from
+    a run that was never interrupted."""
+    bus = any_bus
+    items = _decisions()
+    victim = items[len(items) // 3].original_message.message_id
+
+    def failing_detector(decision: ProcessedDecision) -> None:
+        if decision.original_message.message_id == victim:
+            raise RuntimeError(f"injected detector failure on {victim}")
+
+    # Mostly journal records (not checkpoints), so a restore replays batches through the core.
+    settings = Stage2Settings(batch_size=40, snapshot_every=100_000, snapshot_interval_s=3600, create_topics=False)
+    interrupted, reference = Topics(f"e2{uuid.uuid4().hex[:8]}-"), Topics(f"f2{uuid.uuid4().hex[:8]}-")
+    for topics in (interrupted, reference):
+        bus.admin().create_topics(topics.specs(PARTITIONS))
+        _produce_decisions(bus, topics.decisions, items)
+
+    uninterrupted = Stage2Processor(bus, "ref", "ref", topics=reference, settings=settings, fault_hook=failing_detector)
+    uninterrupted.run_until_caught_up(180)
+    assert uninterrupted.stats.errors == 1 and uninterrupted.stats.decisions == len(items) - 1, uninterrupted.stats.summary()
+
+    group = f"s2err-{uuid.uuid4().hex[:6]}"
+    first = Stage2Processor(bus, group, "one", topics=interrupted, settings=settings, fault_hook=failing_detector)
+    first.start()
+    try:
+        deadline = time.monotonic() + 180
+        while first.stats.errors == 0:  # until the batch dead-lettering the victim has committed
+            assert time.monotonic() < deadline, first.stats.summary()
+            first.step()
+        for _ in range(3):  # a few journaled batches after it, for the restore to replay
+            first.step()
+        assert first.stats.decisions < len(items) - 1, "the first run finished before it could be stopped"
+    finally:
+        first.close()
+    second = Stage2Processor(bus, group, "two", topics=interrupted, settings=settings, fault_hook=failing_detector)
+    second.run_until_caught_up(180)
+    assert second.stats.restored and second.stats.replayed > 0, second.stats.summary()
+    assert second.stats.errors == 0, "the restart sent the dead letter again"
+    assert first.stats.decisions + second.stats.decisions == len(items) - 1
+
+    for topics in (interrupted, reference):
+        reader = TopicReader(bus, [topics.errors, topics.decisions, topics.alerts, topics.name(config.METRICS)])
+        reader.until(lambda: _read_all(reader), 60)
+        (error,) = reader.records[topics.errors]
+        (original,) = [r for r in reader.records[topics.decisions] if json.loads(r.value)["original_message"]["message_id"] == victim]
+        letter = DeadLetter.from_record(error)
+        assert (letter.stage, letter.error_type) == ("stage2", "RuntimeError")
+        assert letter.message == f"injected detector failure on {victim}"
+        assert letter.source == f"{topics.decisions}/{original.partition}/{original.offset}"
+        assert (letter.original_value, letter.original_key) == (original.value, original.key)
+        metrics = reader.values(topics.name(config.METRICS))
+        assert sum(m["errors"]["by_kind"].get("stage2", 0) for m in metrics) == 1
+        # The state was rolled back: the failed decision is in no window's count (the core
+        # had taken it before the injected failure).
+        assert [m["messages"] for m in metrics] == _per_window(items, metrics, skip=victim)
+        if topics is interrupted:
+            got_alerts, got_metrics = alert_lines(reader, topics.alerts), [_deterministic(m) for m in metrics]
+        else:
+            expected_alerts, expected_metrics = alert_lines(reader, topics.alerts), [_deterministic(m) for m in metrics]
+        reader.close()
+    assert sum(1 for a in expected_alerts if json.loads(a)["pattern"] != "quarantine") >= 1
+    assert got_alerts == expected_alerts
+    assert got_metrics == expected_metrics
+
+
+def _decisions() -> list[ProcessedDecision]:
+    """Stage 1's decisions for a small fleet with a routing loop (deterministic metadata)."""
+    sim = simulate.simulate(simulate.SimulationConfig(agents=20, messages=600, seed=3, scenarios={"routing_loop": 1, "conflict": 1}))
+    engine = PredictionEngine()
+    out = []
+    for offset, message in enumerate(sim.messages):
+        result = engine.process(message)
+        if not result.duplicate:
+            out.append(decision_from_engine(message, result, offset=offset))
+    return out
+
+
+def _produce_decisions(bus: Bus, topic: str, items: list[ProcessedDecision]) -> None:
+    producer = bus.producer()
+    for decision in items:
+        producer.produce(topic, encode_decision(decision), decision.original_message.agent_id.encode())
+    assert producer.flush(60) == 0
+    producer.close()
+
+
+def _deterministic(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A metrics snapshot without its processing observations (wall-clock values)."""
+    return {k: v for k, v in snapshot.items() if k not in PROCESSING_FIELDS}
+
+
+def _per_window(items: list[ProcessedDecision], snapshots: list[dict[str, Any]], *, skip: str) -> list[int]:
+    """How many of ``items`` (but ``skip``) fall in each snapshot's window, by event time."""
+    bounds = [(datetime_of(m["window_start"]), datetime_of(m["window_end"])) for m in snapshots]
+    return [
+        sum(1 for d in items if start <= d.original_message.timestamp < end and d.original_message.message_id != skip)
+        for start, end in bounds
+    ]
+
+
+def datetime_of(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -8,14 +8,18 @@ from datetime import timedelta
 
 import pytest
 
-from chorus_lab.analytics import Holt, MetricsAggregator, MetricsConfig, latency_summary, percentile
+from chorus_lab.analytics import PROCESSING_FIELDS, Holt, MetricsAggregator, MetricsConfig, bottleneck, latency_summary, percentile, stage1_ms
 from chorus_lab.schema import Alert, InterventionAction, ProcessedDecision, TrustScoreUpdate
 from tests.properties.fleet import T0, at, decide, msg
 
 
-def decision(seconds: float, agent: str = "a", latency: float = 1.0, trust: float = 100.0, flags: tuple[str, ...] = (), **content: object) -> ProcessedDecision:
+def decision(
+    seconds: float, agent: str = "a", latency: float = 1.0, trust: float = 100.0, flags: tuple[str, ...] = (), stage1: float = 0.0, **content: object
+) -> ProcessedDecision:
+    """A decision at ``T0 + seconds``; stage 1 took ``stage1`` ms (received → processed)."""
     base = decide(msg(agent, ["s"], f"{agent}-{seconds}", seconds, **content))  # type: ignore[arg-type]
-    meta = replace(base.processing_metadata, latency_ms=latency, flags=list(flags))
+    received = base.processing_metadata.received_at
+    meta = replace(base.processing_metadata, latency_ms=latency, flags=list(flags), processed_at=received + timedelta(milliseconds=stage1))
     impact = TrustScoreUpdate(agent, trust, trust, 0.0, "test", at(seconds))
     return replace(base, processing_metadata=meta, trust_impact=impact)
 
@@ -32,19 +36,19 @@ def alert(seconds: float, agents: list[str], pattern: str = "anomaly", update: i
 def test_a_window_closes_when_event_time_passes_its_end() -> None:
     agg = MetricsAggregator(MetricsConfig(interval_s=10.0))
     for i, latency in enumerate([5.0, 1.0, 3.0, 2.0, 4.0]):
-        assert agg.observe(decision(1.0 + i, latency=latency)) == []
+        assert agg.observe(decision(1.0 + i, latency=latency, stage1=latency / 2)) == []
     (snapshot,) = agg.observe(decision(12.0))
     assert snapshot["window_start"] == "2026-01-01T00:00:00.000000Z" and snapshot["window_end"] == "2026-01-01T00:00:10.000000Z"
     assert snapshot["messages"] == 5 and snapshot["throughput_per_s"] == 0.5
     assert snapshot["latency_ms"] == {"count": 5, "mean": 3.0, "p50": 3.0, "p95": 5.0, "p99": 5.0, "max": 5.0}
-    assert snapshot["stages"] == {"stage1": 3.0} and snapshot["bottleneck"] == "stage1"
+    assert snapshot["stages"] == {"stage1": 1.5} and snapshot["bottleneck"] == "stage1"
     json.dumps(snapshot)  # JSON-able
 
 
 def test_errors_warnings_and_the_bottleneck() -> None:
     agg = MetricsAggregator(MetricsConfig(interval_s=10.0))
-    agg.observe(decision(1.0, latency=2.0, flags=("content_warning",)), stage_ms={"stage2": 7.0})
-    agg.observe(decision(2.0, latency=4.0), stage_ms={"stage2": 9.0})
+    agg.observe(decision(1.0, latency=2.0, stage1=2.0, flags=("content_warning",)), stage_ms={"stage2": 7.0})
+    agg.observe(decision(2.0, latency=4.0, stage1=4.0), stage_ms={"stage2": 9.0})
     agg.observe_error(at(3.0), "decode")
     agg.observe_error(at(4.0), "decode")
     (snapshot,) = agg.advance(at(10.0), consumer_lag={"total": 42})
@@ -163,3 +167,73 @@ def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         MetricsConfig(interval_s=0)
     assert T0 + timedelta(seconds=1) == at(1.0)
+
+
+def test_stage_times_from_processing_metadata_and_the_shell_name_the_slowest_working_stage() -> None:
+    agg = MetricsAggregator(MetricsConfig(interval_s=10.0))
+    # Window 1: stage 2 is slow; the bus is slower still, but waiting is not work.
+    agg.observe(decision(1.0, latency=500.0, stage1=2.0), stage_ms={"bus": 30.0})
+    agg.observe_stages({"stage2": 5.0})
+    agg.observe(decision(2.0, latency=500.0, stage1=4.0), stage_ms={"bus": 50.0})
+    agg.observe_stages({"stage2": 7.0})
+    # Window 2: stage 1 is the slow one.
+    (first,) = agg.observe(decision(11.0, stage1=20.0), stage_ms={"bus": 1.0})
+    agg.observe_stages({"stage2": 3.0})
+    (second,) = agg.advance(at(20.0))
+    # stage1 is received_at → processed_at, not latency_ms (which includes the raw topic's wait).
+    assert first["stages"] == {"bus": 40.0, "stage1": 3.0, "stage2": 6.0}
+    assert first["bottleneck"] == "stage2"
+    assert second["stages"] == {"bus": 1.0, "stage1": 20.0, "stage2": 3.0}
+    assert second["bottleneck"] == "stage1"
+    assert first["latency_ms"]["mean"] == 500.0
+
+
+def test_stage1_ms_is_received_to_processed_and_never_negative() -> None:
+    assert stage1_ms(decision(1.0, latency=99.0, stage1=12.5)) == 12.5
+    assert stage1_ms(decision(1.0, stage1=-3.0)) == 0.0  # clocks of two hosts may disagree
+
+
+def test_the_bottleneck_ignores_waiting_stages_and_is_none_without_working_ones() -> None:
+    assert bottleneck({"bus": 1e6, "stage1": 1.0, "stage2": 2.0}) == "stage2"
+    assert bottleneck({"stage1": 2.0, "stage2": 2.0}) == "stage2"  # ties: deterministic
+    assert bottleneck({"bus": 3.0}) is None and bottleneck({}) is None
+
+
+def test_stage_times_before_any_decision_are_ignored_and_belong_to_the_current_window() -> None:
+    agg = MetricsAggregator(MetricsConfig(interval_s=10.0))
+    agg.observe_stages({"stage2": 100.0})  # no window yet: nothing to attribute it to
+    agg.observe(decision(1.0, stage1=1.0))
+    agg.observe_stages({"stage2": 8.0})
+    (snapshot,) = agg.advance(at(10.0))
+    assert snapshot["stages"] == {"stage1": 1.0, "stage2": 8.0}
+
+
+def test_consumer_lag_is_the_latest_measurement_until_a_new_one() -> None:
+    agg = MetricsAggregator(MetricsConfig(interval_s=10.0))
+    agg.observe(decision(1.0))
+    agg.set_consumer_lag({"total": 5, "by_partition": {"0": 2, "1": 3}})
+    (first,) = agg.advance(at(10.0))
+    agg.observe(decision(11.0))
+    (second,) = agg.advance(at(20.0))
+    agg.set_consumer_lag({"total": 0, "by_partition": {"0": 0, "1": 0}})
+    (third,) = agg.advance(at(30.0), graph=None)
+    assert [s["consumer_lag"]["total"] for s in (first, second, third)] == [5, 5, 0]
+
+
+def test_processing_fields_are_the_only_ones_that_shell_observations_change() -> None:
+    """Two runs over the same decisions with different shell timings and lag differ only in
+    PROCESSING_FIELDS (the replay guarantee, DESIGN.md principle 1)."""
+    runs = []
+    for scale in (1.0, 7.0):
+        agg = MetricsAggregator(MetricsConfig(interval_s=10.0))
+        snapshots = []
+        for i in range(30):
+            snapshots += agg.observe(decision(float(i), f"a{i % 3}", latency=scale * i, stage1=scale * 2), stage_ms={"bus": scale * 10})
+            agg.observe_stages({"stage2": scale * (i % 4)})
+            agg.set_consumer_lag({"total": int(scale * i)})
+        runs.append(snapshots + agg.advance(at(40.0)))
+    first, second = runs
+    assert len(first) == len(second) == 4  # [0, 10) … [30, 40)
+    for a, b in zip(first, second, strict=True):
+        differing = {k for k in a if a[k] != b[k]}
+        assert differing and differing <= set(PROCESSING_FIELDS), differing
