@@ -51,6 +51,7 @@ agent to blame, and one more if its confidence later reaches ``escalate_at``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -58,7 +59,7 @@ from typing import Any, NamedTuple
 from chorus_lab.analytics import MetricsAggregator, MetricsConfig
 from chorus_lab.engine.config import EngineConfig
 from chorus_lab.engine.ledger import ResourceLedger
-from chorus_lab.engine.pipeline import EngineResult, RecentIds
+from chorus_lab.engine.pipeline import EngineResult, PredictionEngine, RecentIds
 from chorus_lab.graph import GraphConfig, GraphTopologyManager
 from chorus_lab.patterns.alerts import AlertBuilder, AlertConfig, Finding
 from chorus_lab.patterns.anomaly import AnomalyConfig, AnomalyDetector
@@ -451,6 +452,25 @@ def decision_from_engine(message: AgentMessage, result: EngineResult, *, offset:
     )
 
 
+def decisions_from_engine(messages: Iterable[AgentMessage]) -> list[ProcessedDecision]:
+    """Stage 1's decisions for ``messages`` from one fresh engine (duplicates yield none).
+
+    The offsets are the messages' positions in ``messages``.
+
+    >>> from chorus_lab import simulate
+    >>> sim = simulate.simulate(simulate.SimulationConfig(agents=8, messages=20, seed=1))
+    >>> len(decisions_from_engine(sim.messages)) == len(sim.messages)
+    True
+    """
+    engine = PredictionEngine()
+    out = []
+    for offset, message in enumerate(messages):
+        result = engine.process(message)
+        if not result.duplicate:
+            out.append(decision_from_engine(message, result, offset=offset))
+    return out
+
+
 __all__ = [
     "DetectionSignal",
     "LedgerRecord",
@@ -460,6 +480,7 @@ __all__ = [
     "Stage2Output",
     "alert_key",
     "decision_from_engine",
+    "decisions_from_engine",
     "graph_update_key",
     "resource_state",
 ]

@@ -15,11 +15,10 @@ from chorus_lab.analytics import PROCESSING_FIELDS
 from chorus_lab.bus import Bus, TopicPartition
 from chorus_lab.bus.kafka import KafkaBus
 from chorus_lab.deadletter import DeadLetter
-from chorus_lab.engine import PredictionEngine
 from chorus_lab.pipeline import encode_decision
 from chorus_lab.processor import ProcessorSettings, StreamProcessor, Topics
 from chorus_lab.schema import ProcessedDecision
-from chorus_lab.stage2 import decision_from_engine
+from chorus_lab.stage2 import decisions_from_engine
 from chorus_lab.stage2_processor import Stage2Processor, Stage2Settings
 from tests.integration.test_processor_harness import PARTITIONS
 from tests.integration.test_processor_recovery import _running, chorus, produce
@@ -196,13 +195,7 @@ def test_a_decision_the_core_fails_on_is_dead_lettered_once_and_stage2_goes_on(a
 def _decisions() -> list[ProcessedDecision]:
     """Stage 1's decisions for a small fleet with a routing loop (deterministic metadata)."""
     sim = simulate.simulate(simulate.SimulationConfig(agents=20, messages=600, seed=3, scenarios={"routing_loop": 1, "conflict": 1}))
-    engine = PredictionEngine()
-    out = []
-    for offset, message in enumerate(sim.messages):
-        result = engine.process(message)
-        if not result.duplicate:
-            out.append(decision_from_engine(message, result, offset=offset))
-    return out
+    return decisions_from_engine(sim.messages)
 
 
 def _produce_decisions(bus: Bus, topic: str, items: list[ProcessedDecision]) -> None:

@@ -8,21 +8,13 @@ import pytest
 
 from chorus_lab import simulate, statecodec
 from chorus_lab.bus import Record
-from chorus_lab.engine import PredictionEngine
 from chorus_lab.schema import encode
-from chorus_lab.stage2 import Stage2, decision_from_engine
+from chorus_lab.stage2 import Stage2, decisions_from_engine
 from chorus_lab.stage2_processor import read_stage2_checkpoint
 
 
 def decisions(seed: int) -> list:
-    sim = simulate.simulate(simulate.SimulationConfig(agents=30, messages=1500, seed=seed))
-    engine = PredictionEngine()
-    out = []
-    for offset, message in enumerate(sim.messages):
-        result = engine.process(message)
-        if not result.duplicate:
-            out.append(decision_from_engine(message, result, offset=offset))
-    return out
+    return decisions_from_engine(simulate.simulate(simulate.SimulationConfig(agents=30, messages=1500, seed=seed)).messages)
 
 
 def outputs(stage: Stage2, items: list) -> list[tuple]:
