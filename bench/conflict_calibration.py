@@ -14,11 +14,17 @@ and the risk in each request's decision is scored against its outcome:
   was granted (0.5 is chance; goal 0.85 or more);
 - the denial rate per risk band, which must rise with the risk.
 
-Two layouts are measured, because the resource ledger the predictor reads is part of the
+Four layouts are measured, because the resource ledger the predictor reads is part of the
 per-partition state: **1 partition** (``chorus-lab analyze``'s default: the ledger sees the
-whole fleet, as the global ledger table of DESIGN.md will give every instance) and
-**6 partitions** (a live deployment today: each partition's ledger sees only the messages
-of its own agents).
+whole fleet), **6 partitions, local ledgers** (each partition's ledger sees only the
+messages of its own agents), and 6 partitions reading stage 2's global ledger table,
+which arrives ``--lag`` messages late: **table alone** (the table's record, overlaid only
+with newer local requests and holdings; ``GlobalTablePredictor(use_news=False)``) and
+**table + local news** (the default: the partition's own events since the record replayed
+on it, then carried forward to the request; ``engine.global_ledger``).
+
+    .venv/bin/python bench/conflict_calibration.py --lag 50                # seeds 3,4,5
+    .venv/bin/python bench/conflict_calibration.py --lag 50 --seeds 6,7,8  # held out
 """
 
 from __future__ import annotations
@@ -41,16 +47,18 @@ from chorus_lab.stage2 import Stage2  # noqa: E402
 BANDS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0000001)
 
 
-def scored_requests(messages: list, partitions: int, global_lag: int | None = None) -> list[tuple[float, bool]]:
+def scored_requests(messages: list, partitions: int, global_lag: int | None = None, news: bool = True) -> list[tuple[float, bool]]:
     """(risk, denied) for every answered request, deciding the fleet through Stage1.
 
     ``global_lag``: feed the decisions to stage 2's core as well and let every partition's
     predictor read stage 2's published ledger (``engine.global_ledger``), each record
     arriving ``global_lag`` messages after the decision that produced it (the pipeline's
-    latency: stage 1's batch, stage 2's batch, the table consumer's poll).
+    latency: stage 1's batch, stage 2's batch, the table consumer's poll). ``news``: each
+    partition replays what it saw after the table's record on top of it (the default);
+    False reads the table alone.
     """
     table = GlobalLedgerTable()
-    stage = Stage1(predictor=GlobalTablePredictor(LedgerPredictor(), table)) if global_lag is not None else Stage1()
+    stage = Stage1(predictor=GlobalTablePredictor(LedgerPredictor(), table, use_news=news)) if global_lag is not None else Stage1()
     stage2 = Stage2() if global_lag is not None else None
     in_flight: deque[tuple[int, list]] = deque()
     risk: dict[str, float] = {}
@@ -106,15 +114,16 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"simulated fleets: {args.agents} agents, {args.messages} benign messages + all scenarios, seeds {seeds}\n")
     layouts = {
-        "1 partition": (1, None),
-        "6 partitions, local ledgers": (6, None),
-        f"6 partitions, global table (lag {args.lag})": (6, args.lag),
+        "1 partition": (1, None, True),
+        "6 partitions, local ledgers": (6, None, True),
+        f"6 partitions, table alone (lag {args.lag})": (6, args.lag, False),
+        f"6 partitions, table + local news (lag {args.lag})": (6, args.lag, True),  # the default
     }
     pooled: dict[str, list[tuple[float, bool]]] = {name: [] for name in layouts}
     print(f"{'seed':>5} {'requests':>9} {'denied':>7}   " + "   ".join(f"AUC {name}" for name in layouts))
     for seed in seeds:
         fleet = simulate.simulate(simulate.SimulationConfig(agents=args.agents, messages=args.messages, seed=seed)).messages
-        per_layout = {name: scored_requests(fleet, partitions, lag) for name, (partitions, lag) in layouts.items()}
+        per_layout = {name: scored_requests(fleet, partitions, lag, news) for name, (partitions, lag, news) in layouts.items()}
         for name, scored in per_layout.items():
             pooled[name] += scored
         one = per_layout["1 partition"]

@@ -280,9 +280,10 @@ def chance_contention(
     resource at once. When such a burst meets DESIGN.md's definition it *is* contention,
     and a detector that reports it is right: at least 3 distinct agents, demand beyond
     capacity by at least 2, a denial among them, and a burst improbable for the resource
-    (Poisson tail at most ``CHANCE_MAX_P``). The simulator judges with what no detector
-    has: the resource's true rate (all its benign requests over the whole run) and the
-    exact burst (requests within ``CHANCE_BURST_S`` either side of a denied one).
+    (Poisson tail at most ``CHANCE_MAX_P`` for that many distinct agents asking). The
+    simulator judges with what no detector has: the resource's true rate (all its benign
+    requests over the whole run) and the exact burst (requests within ``CHANCE_BURST_S``
+    either side of a denied one).
     Overlapping bursts on one resource are one incident, labelled ``variant``
     ``"chance"``; its onset is the first denied request. O(messages + bursts · burst size).
 
@@ -325,7 +326,9 @@ def chance_contention(
             if len(demand) < 3 or sum(demand.values()) < capacities[resource] + 2:
                 continue
             span = seconds[hi - 1] - seconds[lo] + CHANCE_BURST_S
-            if poisson_tail(hi - lo, rate * span) > CHANCE_MAX_P:
+            # Arrivals per agent, as the detector counts them (an agent asking again is not
+            # another independent arrival); the rate is all requests', which is conservative.
+            if poisson_tail(len(demand), rate * span) > CHANCE_MAX_P:
                 continue
             if incidents and lo <= incidents[-1][-1]:
                 incidents[-1].extend(j for j in range(incidents[-1][-1] + 1, hi))

@@ -150,6 +150,24 @@ def find_deadlock(
     return ()
 
 
+def _number(value: float) -> str:
+    """At most two decimals, no trailing zeros: holdings carried forward are expectations.
+
+    >>> _number(12.0), _number(2.384615), _number(1e6)
+    ('12', '2.38', '1000000')
+    """
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _staleness(ledger: LedgerView, resource: str) -> str | None:
+    """What a lagging view says its numbers rest on (``MergedLedgerView.staleness``), else None.
+
+    An optional method, not part of :class:`LedgerView`: only a view that lags the fleet has it.
+    """
+    method = getattr(ledger, "staleness", None)
+    return method(resource) if method is not None else None
+
+
 def _waits_on(agent: str, ledger: LedgerView, now: datetime | None) -> list[str]:
     """The agents ``agent`` is blocked on, sorted."""
     blocked_by: set[str] = set()
@@ -199,7 +217,7 @@ class LedgerPredictor:
             risk=risk,
             confidence=self._confidence(facts, factors, ledger),
             conflict_type=self._conflict_type(factors, risk),
-            reason=explain(facts.resource, factors, risk),
+            reason=explain(facts.resource, factors, risk, _staleness(ledger, facts.resource)),
             resource=facts.resource,
             competing_agents=list(factors.competitors),
             predictor=self.name,
@@ -271,8 +289,10 @@ class LedgerPredictor:
         return confidence
 
 
-def explain(resource: str, factors: RiskFactors, risk: float) -> str:
+def explain(resource: str, factors: RiskFactors, risk: float, basis: str | None = None) -> str:
     """One sentence an operator can read, naming the numbers behind ``risk``.
+
+    ``basis``, when given, says what the ledger numbers rest on (a lagging fleet table).
 
     >>> f = RiskFactors(4, 5, 8, 10, 1.2, 0.0, 0, (), False, ("b",), ())
     >>> explain("gpu", f, 0.77)
@@ -280,7 +300,7 @@ def explain(resource: str, factors: RiskFactors, risk: float) -> str:
     """
     parts = [
         f"request for {factors.amount:g} of {resource} would bring use to "
-        f"{factors.amount + factors.held:g}/{factors.capacity:g} ({factors.load:.0%} of capacity)"
+        f"{_number(factors.amount + factors.held)}/{factors.capacity:g} ({factors.load:.0%} of capacity)"
     ]
     if factors.quarantined:
         parts.insert(0, "the requester is quarantined, so the ledger will not grant it")
@@ -296,4 +316,6 @@ def explain(resource: str, factors: RiskFactors, risk: float) -> str:
         parts.append(f"also held or wanted by {', '.join(factors.competitors)}")
     if factors.denials:
         parts.append(f"denied {factors.denials} time(s) before")
+    if basis:
+        parts.append(basis)
     return f"Risk {risk:.2f}: " + "; ".join(parts) + "."

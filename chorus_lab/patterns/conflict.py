@@ -117,8 +117,8 @@ class ConflictDetector:
         self.config = config or ConflictConfig()
         self.engine_config = engine_config or EngineConfig()
         self._resources: BoundedDict[str, _Resource] = BoundedDict(self.config.max_resources)
-        self._cycles: BoundedDict[frozenset[str], tuple[float, float, int]] = BoundedDict(1024)
-        """cycle members -> (first seen, last seen, sightings)"""
+        self._cycles: BoundedDict[frozenset[str], tuple[float, float, int, frozenset[str]]] = BoundedDict(1024)
+        """cycle members -> (first seen, last seen, sightings, members whose request closed it)"""
         self._wants: BoundedDict[str, dict[str, tuple[float, str, float]]] = BoundedDict(self.config.max_resources * 10)
         """agent -> resource -> (since, request id, amount)"""
 
@@ -189,7 +189,10 @@ class ConflictDetector:
         before = state.requests - len([r for r in state.recent if r[0] >= first])
         rate = max(before, 1) / history
         expected = rate * (obs.seconds - first + config.burst_window_s)
-        p_value = poisson_tail(len(burst), expected)
+        # Arrivals are counted per agent, as contenders and demand are: one agent asking
+        # again within the burst (a retry, a second task of a busy agent) is not another
+        # independent arrival, and counting it would make ordinary bursts look improbable.
+        p_value = poisson_tail(len(contenders), expected)
         if p_value > config.max_p_value:
             return []
         decades = math.log10(config.max_p_value / max(p_value, 1e-300))
@@ -205,7 +208,7 @@ class ConflictDetector:
                 description=(
                     f"Contention on {resource}: {len(contenders)} agents asked for {demand:g} within "
                     f"{obs.seconds - first:.1f} s against a capacity of {capacity:g}, and {', '.join(denied)} "
-                    f"was denied (a burst this size has probability {p_value:.1g} at the usual "
+                    f"was denied ({len(contenders)} agents asking this close together has probability {p_value:.1g} at the usual "
                     f"{rate * 60:.1f} requests/min)."
                 ),
                 evidence=tuple(dict.fromkeys([r[3] for r in burst] + [denial_id, obs.message.message_id])),
@@ -236,13 +239,17 @@ class ConflictDetector:
         cycle, waits = found
         resources = sorted(set(waits.values()))
         members = frozenset(cycle)
-        first, last, count = self._cycles.get(members) or (obs.seconds, obs.seconds, 0)
+        first, last, count, askers = self._cycles.get(members) or (obs.seconds, obs.seconds, 0, frozenset())
         if obs.seconds - last > self.config.deadlock_window_s:
-            first, count = obs.seconds, 0
+            first, count, askers = obs.seconds, 0, frozenset()
         count += 1
-        self._cycles[members] = (first, obs.seconds, count)
-        if count < self.config.deadlock_sightings:
-            return []  # a deadlock persists: wait until the cycle has closed again
+        askers = askers | {message.agent_id}
+        self._cycles[members] = (first, obs.seconds, count, askers)
+        # A deadlock persists: its members keep holding *and keep asking*. Every member must
+        # have closed the cycle with a request of its own; one agent retrying against a
+        # partner that asked once and moved on is not a deadlock (it dissolves on its own).
+        if count < self.config.deadlock_sightings or askers != members:
+            return []
         if len(resources) >= 2:
             confidence = self.config.cross_resource_confidence
         else:
@@ -288,11 +295,24 @@ class ConflictDetector:
         """(holder, resource) pairs ``agent`` is blocked on, sorted."""
         blocked: set[tuple[str, str]] = set()
         for wanted, (since, _, amount) in (self._wants.get(agent) or {}).items():
-            if now - since > self.config.wait_memory_s and ledger.pending(wanted).get(agent) is None:
+            if not self._still_wants(agent, wanted, now - since, ledger):
                 continue
             if amount + ledger.held_total(wanted) > ledger.capacity(wanted):
                 blocked.update((h, wanted) for h in ledger.holders(wanted) if h != agent)
         return sorted(blocked)
+
+    def _still_wants(self, agent: str, resource: str, age: float, ledger: ResourceLedger) -> bool:
+        """Whether ``agent`` still waits for ``resource``, ``age`` seconds after its latest request.
+
+        Granted wants are dropped when the grant comes. A denied request is still wanted for
+        ``wait_memory_s`` (an agent that keeps waiting asks again); an unanswered one until
+        ``answer_window_s`` has passed: a request nobody answered for that long was ignored,
+        and its requester is waiting for nothing it shows any more (the ledger keeps it
+        pending for an hour, which must not make it a deadlock member minutes later).
+        """
+        if age <= self.config.wait_memory_s:
+            return True
+        return age <= self.config.answer_window_s and ledger.pending(resource).get(agent) is not None
 
     def _deadlock_finding(
         self,

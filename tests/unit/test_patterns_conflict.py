@@ -166,3 +166,70 @@ def test_poisson_tail() -> None:
     assert poisson_tail(1, 1.0) == pytest.approx(1 - 0.36787944117)
     assert poisson_tail(50, 1.0) == pytest.approx(1.0e-65, rel=0.2)
     assert poisson_tail(0, 0.0) == 1.0 and poisson_tail(3, 0.0) == 0.0
+
+
+def test_one_agent_retrying_against_a_partner_that_moved_on_is_not_a_deadlock() -> None:
+    world = World()
+    world.announce("r1", 1)
+    world.announce("r2", 1)
+    world.request("a", "r1", 1.0, 1, "grant")
+    world.request("b", "r2", 1.5, 1, "grant")
+    world.request("b", "r1", 2.5, 1, "deny")  # b asks once; a does not want r2 yet: no cycle
+    for i in range(3):  # the cycle closes three times, every time by a's request
+        world.request("a", "r2", 3.0 + 0.5 * i, 1, "deny")
+    assert world.findings == []  # b never asked again: its members do not all keep asking
+    world.request("b", "r1", 4.5, 1, "deny")  # now both keep holding and keep asking
+    (finding,) = world.findings
+    assert finding.agents == ("a", "b") and finding.details["kind"] == "deadlock"
+
+
+def test_an_ignored_request_stops_being_a_want() -> None:
+    world = World()
+    world.announce("r1", 1)
+    world.announce("r2", 1)
+    world.request("a", "r1", 1.0, 1, "grant")
+    world.request("b", "r2", 1.5, 1, "grant")
+    world.request("a", "r2", 2.0, 1, "deny")
+    # b asks for r1 and its steward never answers: pending in the ledger for an hour.
+    world.send("b", ["s-r1"], 2.5, action="request_resource", resource="r1", amount=1)  # closes the cycle once
+    assert world.ledger.pending("r1").get("b") is not None
+    for i in range(2):  # 40 s later: b's request was ignored long ago, b is not shown waiting any more
+        world.request("a", "r2", 42.5 + 0.5 * i, 1, "deny")
+    assert world.findings == []
+    # Within the answer window the same unanswered request is still a want.
+    world = World()
+    world.announce("r1", 1)
+    world.announce("r2", 1)
+    world.request("a", "r1", 1.0, 1, "grant")
+    world.request("b", "r2", 1.5, 1, "grant")
+    world.request("a", "r2", 2.0, 1, "deny")
+    world.send("b", ["s-r1"], 2.5, action="request_resource", resource="r1", amount=1)
+    for i in range(2):
+        world.request("a", "r2", 12.5 + 0.5 * i, 1, "deny")
+    (finding,) = world.findings
+    assert finding.agents == ("a", "b")
+
+
+def busy_world() -> World:
+    """A resource of capacity 2 that sees a request every 4 s from nine ordinary agents."""
+    world = World()
+    world.announce("r", 2)
+    for i in range(25):
+        world.request(f"u{i % 9}", "r", 4.0 * i + 0.5, 1, "grant")
+        world.send(f"u{i % 9}", ["s-r"], 4.0 * i + 1.5, action="release", resource="r")
+    world.findings.clear()
+    return world
+
+
+def test_an_agent_asking_again_within_a_burst_is_one_arrival() -> None:
+    world = busy_world()
+    # Six requests in half a second, but from three agents: three arrivals at ~0.23/s is ordinary.
+    for i, (agent, amount, answer) in enumerate([("a", 2, "grant"), ("b", 1, "deny"), ("b", 1, "deny"), ("b", 1, "deny"), ("c", 1, "deny"), ("c", 1, "deny")]):
+        world.request(agent, "r", 110.0 + 0.1 * i, amount, answer)
+    assert world.findings == []
+    # Six different agents in the same half second are not.
+    world = busy_world()
+    for i, (agent, amount, answer) in enumerate([("a", 2, "grant"), ("b", 1, "deny"), ("c", 1, "deny"), ("d", 1, "deny"), ("e", 1, "deny"), ("f", 1, "deny")]):
+        world.request(agent, "r", 110.0 + 0.1 * i, amount, answer)
+    assert world.findings and world.findings[0].details["kind"] == "contention"
+    assert world.findings[-1].details["p_value"] <= 1e-4

@@ -12,11 +12,13 @@ import pytest
 
 from chorus_lab.schema import AgentMessage, decode_agent_message, encode
 from chorus_lab.simulate import (
+    DEFAULT_START,
     HOLD_MAX,
     SCENARIO_KINDS,
     Label,
     Simulation,
     SimulationConfig,
+    chance_contention,
     iter_messages,
     paced,
     parse_scenarios,
@@ -494,3 +496,21 @@ def test_paced_spreads_items_at_the_target_rate() -> None:
     assert now[0] == pytest.approx(100.4) and len(slept) == 4
     with pytest.raises(ValueError, match="rate"):
         list(paced([1], 0))
+
+
+def test_a_chance_burst_counts_each_agent_once() -> None:
+    """One agent asking again within a burst is not another independent arrival (as the detector counts)."""
+
+    def at(i: int, seconds: float, agent: str, act: str, cause: str | None = None) -> AgentMessage:
+        return AgentMessage(agent, DEFAULT_START + timedelta(seconds=seconds), "request", {"action": act, "resource": "r", "amount": 1},
+                            ["st"], "c", {}, message_id=f"m{i}", causation_id=cause)
+
+    quiet = [at(i, 10.0 * i, "q", "request_resource") for i in range(1, 60)]  # 0.1 requests/s
+    # Six requests within 0.5 s, but from three agents only; two of them are denied.
+    repeated = [at(100 + i, 600.0 + 0.1 * i, f"a{i % 3}", "request_resource") for i in range(6)]
+    denials = [at(200 + i, 600.6, "st", "deny", cause=f"m{100 + i}") for i in (4, 5)]
+    assert chance_contention(quiet + repeated + denials, {"r": 1}, (), 0) == []
+    # Six agents asking as fast are labelled.
+    six = [at(100 + i, 600.0 + 0.1 * i, f"a{i}", "request_resource") for i in range(6)]
+    (label,) = chance_contention(quiet + six + denials, {"r": 1}, (), 0)
+    assert label.agents == [f"a{i}" for i in range(6)]
