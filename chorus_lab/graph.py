@@ -488,8 +488,11 @@ class GraphTopologyManager:
         added: list[str] = []
         removed_nodes: list[str] = []
         removed_edges: list[CausalEdge] = []
-        protect = set(agents)
-        for agent in dict.fromkeys(agents):
+        ordered = list(dict.fromkeys(agents))
+        # A message naming more agents than the limit keeps its first ones (the sender first):
+        # only those are safe from eviction while the others make room.
+        protect = set(ordered[: self.config.max_nodes])
+        for agent in ordered:
             node = self.nodes.get(agent)
             if node is not None:
                 if when > node.last_seen:

@@ -92,6 +92,15 @@ def test_node_limit_evicts_the_least_recently_active_but_keeps_quarantined_ones(
     assert len(graph.nodes) <= 3
 
 
+def test_a_message_naming_more_agents_than_the_limit_keeps_its_sender() -> None:
+    graph = GraphTopologyManager(GraphConfig(max_nodes=3))
+    graph.observe(decide(msg("b", ["c", "d"], "m-1", 0.0)))
+    graph.observe(decide(msg("s", ["b", "c", "d"], "m-2", 1.0)))
+    # Every node in the graph is one of the message's agents: its last target makes room.
+    assert set(graph.nodes) == {"s", "b", "c"}
+    assert graph.evictions["nodes"] == 1
+
+
 def test_quarantine_lists_the_cut_connections_and_isolates_the_agent() -> None:
     graph = GraphTopologyManager()
     graph.add_edges([edge("a", "q", 0.0), edge("q", "b", 0.0), edge("q", "c", 0.0), edge("b", "c", 0.0)], at(0.0))
