@@ -1,11 +1,13 @@
 """OperatorDashboard: trust list and causal graph together, alert feed, metric plots, agent panel.
 
 One ipywidgets ``VBox`` fed by a :class:`~chorus_lab.live.session.LiveSession`. The session
-calls :meth:`OperatorDashboard.refresh` from its consumer thread at most a few times a
-second; a refresh computes the whole view under the session's lock
-(:func:`~chorus_lab.live.view.dashboard_view`, pure) and then sets the widgets' traits
-inside ``hold_sync()``, so each widget sends at most one message per refresh. All state is
-in synced traits: a page that connects late or reconnects gets the full current state.
+calls the dashboard from its consumer thread at most a few times a second; each call
+brings the alert feed and the agent panel up to date (:meth:`OperatorDashboard.refresh_quick`),
+and the whole view (:meth:`OperatorDashboard.refresh`: trust list, graph, metrics, counts)
+follows at most every ``full_refresh_s``. A refresh computes its view under the session's
+lock (:mod:`~chorus_lab.live.view`, pure) and then sets the widgets' traits inside
+``hold_sync()``, so each widget sends at most one message per refresh. All state is in
+synced traits: a page that connects late or reconnects gets the full current state.
 
 DOM hooks for browser tests (the graph is a canvas): ``chorus-state`` holds the
 ``chorus-counts`` element with ``data-nodes/edges/alerts/decisions/agents/quarantined/version``;
@@ -36,7 +38,7 @@ from chorus_lab.live.graph_view import GraphView
 from chorus_lab.live.lod import DEFAULT_MAX_VISIBLE
 from chorus_lab.live.render import SORT_KEYS
 from chorus_lab.live.session import LiveSession
-from chorus_lab.live.view import DashboardView, ViewOptions, dashboard_view
+from chorus_lab.live.view import DashboardView, ViewOptions, dashboard_view, quick_view
 
 
 class OperatorDashboard(w.VBox):
@@ -53,9 +55,16 @@ class OperatorDashboard(w.VBox):
         start: bool = True,
         heartbeat_s: float = 2.0,
         orphan_after_s: float = 300.0,
+        full_refresh_s: float | None = None,
     ) -> None:
         if max_visible_nodes < 1:
             raise ValueError(f"max_visible_nodes must be at least 1, got {max_visible_nodes}")
+        if full_refresh_s is not None and full_refresh_s < 0:
+            raise ValueError(f"full_refresh_s must be 0 or more, got {full_refresh_s}")
+        self.full_refresh_s = 4 * session.refresh_s if full_refresh_s is None else full_refresh_s
+        """Shortest interval between two whole-view refreshes while following the stream
+        (default: four of the session's ``refresh_s``, 1 s with its default)."""
+        self._last_full = 0.0
         self.session = session
         self.max_visible_nodes = max_visible_nodes
         self.max_visible_edges = max_visible_edges
@@ -119,7 +128,7 @@ class OperatorDashboard(w.VBox):
             self.heartbeat,
         ])
         self.add_class("chorus-dashboard")
-        self._unwatch = session.watch(lambda _session: self.refresh())
+        self._unwatch = session.watch(lambda _session: self._follow())
         self.refresh()
         if start:
             session.start()
@@ -181,13 +190,54 @@ class OperatorDashboard(w.VBox):
             self.heartbeat.playing = False
         return True
 
-    def refresh(self) -> None:
-        """Recompute the view from the session and push what changed to the page."""
+    def _follow(self) -> None:
+        """The session's call after changes: the quick part each time, the whole view at most
+        every ``full_refresh_s``.
+
+        The whole view passes over the fleet (trust list, level of detail) and rewrites the
+        graph and the trust table on the page; with five pages on a 10,000-agent fleet at
+        1,000 messages/s that, four times a second, was more than two cores could do
+        (docs/benchmarks.md). The alert feed and the agent panel cost little and are what
+        an operator follows event by event, so they keep the session's pace.
+        """
+        if time.monotonic() - self._last_full >= self.full_refresh_s:
+            self.refresh()
+            return
+        self.refresh_quick()
+        # The rest is due within full_refresh_s: be called again even if the stream goes quiet.
+        self.session.request_refresh()
+
+    def refresh_quick(self) -> None:
+        """Bring the alert feed and the agent panel up to date (no pass over the fleet).
+
+        The counts element is not touched: it vouches for the whole view (see :meth:`refresh`).
+        """
         if not self.check_viewers():
             return
         with self._refresh_lock:
             if self._closed:
                 return
+            options = self.options()
+            view = self.session.read(lambda state: quick_view(state, options))
+            with contextlib.ExitStack() as stack:
+                for widget in (self.alerts_html, self.panel_html, self.ack_choice):
+                    stack.enter_context(widget.hold_sync())
+                self._apply_quick(view.alerts_html, view.alert_ids, view.panel_html)
+
+    def _apply_quick(self, alerts: str, alert_ids: list[str], panel: str) -> None:
+        _set(self.alerts_html, alerts)
+        _set(self.panel_html, panel)
+        if tuple(self.ack_choice.options) != tuple(alert_ids):
+            self.ack_choice.options = alert_ids
+
+    def refresh(self) -> None:
+        """Recompute the whole view from the session and push what changed to the page."""
+        if not self.check_viewers():
+            return
+        with self._refresh_lock:
+            if self._closed:
+                return
+            self._last_full = time.monotonic()
             options = self.options()
             positions = dict(self.graph.positions)
             view = self.session.read(lambda state: dashboard_view(state, options, positions))
@@ -199,11 +249,8 @@ class OperatorDashboard(w.VBox):
                     stack.enter_context(widget.hold_sync())
                 self.graph.apply(view.graph, options.filters.at)
                 _set(self.trust_html, view.trust_html)
-                _set(self.alerts_html, view.alerts_html)
                 _set(self.metrics_html, view.metrics_html)
-                _set(self.panel_html, view.panel_html)
-                if tuple(self.ack_choice.options) != tuple(view.alert_ids):
-                    self.ack_choice.options = view.alert_ids
+                self._apply_quick(view.alerts_html, view.alert_ids, view.panel_html)
                 # Last: whoever sees this version (a test, a page) sees everything it counts.
                 _set(self.state_html, view.counts_html)
 

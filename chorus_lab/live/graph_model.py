@@ -21,6 +21,7 @@ cuts), ``strong``/``fading`` by strength.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -117,6 +118,20 @@ def loop_hops(loops: Iterable[list[str]]) -> set[tuple[str, str]]:
     return hops
 
 
+def magnitude(count: int) -> int:
+    """The order of magnitude (in powers of two) the level of detail ranks activity by.
+
+    Ranking the busiest agents by exact message count (then degree) changed the drawn set
+    at almost every refresh of a large fleet: each change is a node widget created and one
+    closed, the node lists sent again and the page's graph rebuilt. By magnitude, ties
+    broken by id, an agent trades places only when its activity crosses a power of two.
+
+    >>> [magnitude(n) for n in (0, 1, 2, 3, 4, 7, 8, 1000)]
+    [0, 1, 2, 2, 3, 3, 4, 10]
+    """
+    return count.bit_length()
+
+
 def _cutoff(state: LiveState, filters: GraphFilters) -> str | None:
     if filters.window_s is None:
         return None
@@ -126,10 +141,14 @@ def _cutoff(state: LiveState, filters: GraphFilters) -> str | None:
     return format_timestamp(parse_timestamp(now) - timedelta(seconds=filters.window_s))
 
 
-def graph_model(state: LiveState, filters: GraphFilters, positions: dict[str, tuple[float, float]] | None = None) -> GraphModel:
+def graph_model(state: LiveState, filters: GraphFilters, positions: dict[str, tuple[float, float]] | None = None, *,
+                exhaustive: bool = False) -> GraphModel:
     """The graph to draw for ``filters``; ``positions`` are the ones already on screen.
 
-    O(agents + edges) for the filters plus O(n log n) for the level of detail.
+    O(agents + edges) for the filters plus O(n log n) for the level of detail. When no
+    filter drops agents (the usual live view), relevance is judged only for the agents
+    that can be shown (see :func:`_candidates`); ``exhaustive`` judges every agent instead
+    (the reference the tests hold the shortcut to).
     """
     cutoff = _cutoff(state, filters)
     at = filters.at
@@ -164,7 +183,10 @@ def graph_model(state: LiveState, filters: GraphFilters, positions: dict[str, tu
     facts: dict[str, NodeFacts] = {}
     # The selected agent and its neighbourhood stay visible whatever the search says.
     near = neighbours.get(filters.selected, ()) if filters.selected else ()
-    for agent, info in state.agents.items():
+    agents_kept = not search and filters.trust_min <= 0.0 and filters.trust_max >= 100.0 and at is None and cutoff is None
+    judged = state.agents.keys() if exhaustive or not agents_kept else _candidates(state, neighbours, loop_agents, alerting, filters)
+    for agent in judged:
+        info = state.agents[agent]
         if search and search not in agent.lower() and agent != filters.selected and agent not in near:
             continue
         if not filters.trust_min <= info.trust <= filters.trust_max:
@@ -177,8 +199,8 @@ def graph_model(state: LiveState, filters: GraphFilters, positions: dict[str, tu
             quarantined=info.quarantined,
             in_loop=agent in loop_agents,
             alerts=alerting.get(agent, 0),
-            messages=info.messages,
-            degree=len(neighbours.get(agent, ())),
+            messages=magnitude(info.messages),
+            degree=magnitude(len(neighbours.get(agent, ()))),
         )
     visible = select_visible(facts, neighbours, max_visible=filters.max_visible, selected=filters.selected)
     shown = set(visible)
@@ -204,21 +226,57 @@ def graph_model(state: LiveState, filters: GraphFilters, positions: dict[str, tu
         if key in affected or facts[key[0]].quarantined or facts[key[1]].quarantined:
             marks.append("affected")
         pinned = bool(marks) or filters.selected in (key[0], key[1])
-        candidates.append(((not pinned, -strength, key), key, strength, marks))
+        # Strength in tenths: edges trade places only when one is clearly stronger (see magnitude()).
+        candidates.append(((not pinned, -round(strength, 1), key), key, strength, marks))
     # Each edge is a widget on the page: keep the marked ones and the strongest.
     chosen = sorted(candidates)[: filters.max_visible_edges]
     edges = []
     for _, key, strength, marks in sorted(chosen, key=lambda c: c[1]):
         classes = [key[2], *marks]
         classes.append("strong" if strength >= 0.7 else "fading" if strength < 0.2 else "")
-        edges.append(EdgeView(edge_id(key), key[0], key[1], key[2], round(strength, 2), " ".join(c for c in classes if c)))
+        edges.append(EdgeView(edge_id(key), key[0], key[1], key[2], round(strength, 1), " ".join(c for c in classes if c)))
+    # Every quarantined agent is judged (a candidate), so facts has them all.
     hidden_quarantined = sum(1 for a, f in facts.items() if f.quarantined and a not in shown)
-    summary = summary_line(len(facts), len(visible), hidden_quarantined, kept_count - len(edges))
+    total = len(state.agents) if agents_kept else len(facts)
+    summary = summary_line(total, len(visible), hidden_quarantined, kept_count - len(edges))
     if len(candidates) > len(edges):
         summary += f"; {len(candidates) - len(edges)} weaker edges between shown agents hidden"
     if at is not None:
         summary = f"as of {at}: " + summary
-    return GraphModel(nodes, edges, summary, len(facts), kept_count)
+    return GraphModel(nodes, edges, summary, total, kept_count)
+
+
+def _candidates(state: LiveState, neighbours: Mapping[str, Iterable[str]], loop_agents: set[str], alerting: Mapping[str, int],
+                filters: GraphFilters) -> set[str]:
+    """The agents :func:`~chorus_lab.live.lod.select_visible` can pick when no filter drops agents.
+
+    Building the level of detail's facts for all 10,000 agents of a fleet was most of a
+    refresh. Every agent outside tiers 0-5 (selected, its neighbours, quarantined, their
+    neighbours, in a loop, alerting) is ranked by (messages, degree, id) alone, so only
+    the ``max_visible`` busiest of them can beat the rest: those, plus every agent of the
+    other tiers, give the same selection as judging everyone (tested against it).
+    """
+    agents = state.agents
+    found = {a for a, info in agents.items() if info.quarantined}
+    for agent in list(found):
+        found.update(neighbours.get(agent, ()))
+    if filters.selected in agents:
+        found.add(filters.selected)
+        found.update(neighbours.get(filters.selected, ()))
+    found.update(a for a in loop_agents if a in agents)
+    found.update(a for a in alerting if a in agents)
+    budget = filters.max_visible
+    if len(agents) > budget:
+        # The budget-th greatest message count: only agents at or above it can be among the busiest.
+        # Magnitude grows with the count, so "at or above the magnitude of the budget-th
+        # greatest count" is "at least the smallest count of that magnitude".
+        threshold = magnitude(heapq.nlargest(budget, [info.messages for info in agents.values()])[-1])
+        least = 1 << (threshold - 1) if threshold > 0 else 0
+        busy = [a for a, info in agents.items() if info.messages >= least]
+        found.update(heapq.nsmallest(budget, busy, key=lambda a: (-magnitude(agents[a].messages), -magnitude(len(neighbours.get(a, ()))), a)))
+    else:
+        found.update(agents)
+    return found
 
 
 def _edges_among(state: LiveState, agents: set[str]) -> list[tuple[EdgeKey, float]]:

@@ -7,7 +7,8 @@ The browser stays responsive only with a few hundred visible nodes (STACK-NOTES.
 2. quarantined agents and the neighbours their quarantine cuts off,
 3. agents in routing loops,
 4. agents named by alerts (most alerts first),
-5. the busiest agents (most messages, then most connections),
+5. the busiest agents (most messages, then most connections; ``graph_model`` passes their
+   orders of magnitude, see ``graph_model.magnitude``),
 
 ties broken by agent id, so the choice is deterministic. Everything else is summarized
 by :func:`summary_line`.

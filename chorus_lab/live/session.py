@@ -53,6 +53,9 @@ TOPICS: dict[str, Kind] = {
 
 Watcher = Callable[["LiveSession"], None]
 
+_BATCH = 1000
+"""Records fetched at most at once."""
+
 _SESSIONS: weakref.WeakSet[LiveSession] = weakref.WeakSet()
 
 
@@ -91,6 +94,8 @@ class LiveSession:
         self.stop_when_unwatched = stop_when_unwatched
         self.tick_s = 5.0
         """Watchers are called at least this often, even when nothing changed."""
+        self.gather_s = min(0.05, refresh_s)
+        """While following, records gather this long between two fetches (see _consume_until_stopped)."""
         self.topics: dict[str, Kind] = {topic_prefix + name: kind for name, kind in TOPICS.items()}
         self.acknowledged: set[str] = set()
         self.error: str | None = None
@@ -223,6 +228,15 @@ class LiveSession:
         """The viewer-visible state as plain data, for comparing sessions."""
         return self.read(lambda s: s.fingerprint())
 
+    def request_refresh(self) -> None:
+        """Have the watchers called again at the next refresh, even if nothing new arrives.
+
+        For a watcher that updated only part of its view this time (the dashboard's quick
+        refreshes) and must still bring the rest up to date once the stream goes quiet.
+        """
+        with self._lock:
+            self._notified_version = -1
+
     def acknowledge(self, *alert_ids: str) -> None:
         """Mark alerts as acknowledged in this session's views, and tell the watchers."""
         with self._lock:
@@ -269,7 +283,7 @@ class LiveSession:
                     self._bootstrapped = True
                     complete = len({tp.topic for tp in positions}) == len(self.topics)
                     next_discovery = now + (30.0 if complete else 1.0)
-                records = consumer.consume(1000, 0.0) or consumer.consume(1, 0.1)
+                records = consumer.consume(_BATCH, 0.1)
                 if records:
                     with self._lock:
                         state = self._state
@@ -293,6 +307,12 @@ class LiveSession:
                         # Graceful degradation: when the watchers take long (a large fleet),
                         # refresh less often so that consuming keeps up with the stream.
                         interval = max(self.refresh_s, 3 * (last_notify - began))
+                if self._caught_up.is_set() and 0 < len(records) < _BATCH:
+                    # Following a busy stream, a fetch right after the last one finds only the
+                    # few records of one producer commit, and each fetch asks every followed
+                    # partition: one fetch per gather_s instead of one per commit (it was a
+                    # tenth of a core per kernel at 2,000 records/s on the embedded bus).
+                    self._stop.wait(self.gather_s)
         finally:
             consumer.close()
             if self._given_bus is None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -144,6 +145,19 @@ class TopN:
         """Values, greatest key first."""
         return [self._items[k] for k in sorted(self._items, reverse=True)]
 
+    def greatest(self, n: int, where: Callable[[Any], bool]) -> list[Any]:
+        """The ``n`` values with the greatest keys among those ``where`` accepts, greatest first.
+
+        Filters before sorting: an agent panel wants its agent's few of 5,000 decisions.
+
+        >>> top = TopN(5)
+        >>> for k in [3, 1, 5, 2]:
+        ...     _ = top.put((k,), k)
+        >>> top.greatest(2, lambda v: v % 2 == 1)
+        [5, 3]
+        """
+        return [value for _, value in heapq.nlargest(n, ((k, v) for k, v in self._items.items() if where(v)), key=lambda kv: kv[0])]
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -160,7 +174,8 @@ class LiveState:
     agents: dict[str, AgentInfo] = field(default_factory=dict)
     edges: dict[EdgeKey, EdgeInfo] = field(default_factory=dict)
     loops: list[list[str]] = field(default_factory=list)
-    loops_key: str = ""
+    loops_when: str = ""
+    """Event time of the graph update the loops and graph metrics come from ("" before any)."""
     graph_metrics: dict[str, Any] = field(default_factory=dict)
     decisions: TopN = field(init=False)
     alerts: TopN = field(init=False)
@@ -237,7 +252,7 @@ def apply_record(state: LiveState, kind: Kind, value: bytes | None) -> bool:
             apply_graph_update(state, read_graph_update(value or b""))
         else:
             apply_metrics(state, load_json(value or b""))
-    except (SchemaError, KeyError, TypeError, ValueError) as exc:
+    except (SchemaError, KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: a huge JSON integer
         state.undecodable += 1
         state.last_error = f"{kind}: {exc}"[:300]
         return False
@@ -344,11 +359,17 @@ def apply_graph_update(state: LiveState, update: GraphFacts) -> None:
         _set_quarantine(info, when, kind == "node_quarantined")
         if kind == "node_quarantined":
             info.affected_paths = [[e.source, e.target, e.relationship] for e in update.edges]
-    loops_key = json.dumps([when, update.detected_loops], sort_keys=True)
-    if loops_key > state.loops_key:
-        state.loops_key = loops_key
+    # The greatest (event time, loops as JSON) wins. Times are canonical text of one length,
+    # so the time decides unless equal; only then are the loops encoded to break the tie
+    # (encoding them for every update was a sixth of folding one).
+    if when > state.loops_when or (when == state.loops_when and _loops_text(update.detected_loops) > _loops_text(state.loops)):
+        state.loops_when = when
         state.loops = [list(loop) for loop in update.detected_loops]
         state.graph_metrics = dict(update.metrics)
+
+
+def _loops_text(loops: list[list[str]]) -> str:
+    return json.dumps(loops, sort_keys=True)
 
 
 def apply_metrics(state: LiveState, snapshot: dict[str, Any]) -> None:

@@ -112,8 +112,8 @@ def panel_html(state: LiveState, agent: str | None) -> str:
     if info is None:
         return agent_panel_html(agent, known=False)
     history = [trust for _, trust in info.trust_history]
-    decisions = [d for d in state.decisions.values() if d["agent_id"] == agent][:10]
-    alerts = [a for a in state.alerts.values() if agent in a["affected_agents"]][:10]
+    decisions = state.decisions.greatest(10, lambda d: d["agent_id"] == agent)
+    alerts = state.alerts.greatest(10, lambda a: agent in a["affected_agents"])
     return agent_panel_html(
         agent,
         trust=info.trust,
@@ -123,6 +123,31 @@ def panel_html(state: LiveState, agent: str | None) -> str:
         decisions=decisions,
         alerts=alerts,
         affected_paths=info.affected_paths,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QuickView:
+    """The cheap part of a dashboard (no pass over the fleet): what the operator watches
+    event by event, refreshed more often than the whole :class:`DashboardView`."""
+
+    alerts_html: str
+    alert_ids: list[str]
+    panel_html: str
+
+
+def quick_view(state: LiveState, options: ViewOptions) -> QuickView:
+    """Alert feed and agent panel for ``options``: O(kept alerts + kept decisions), not O(agents).
+
+    >>> from chorus_lab.live.state import LiveState
+    >>> quick_view(LiveState(), ViewOptions()).alert_ids
+    []
+    """
+    alerts = state.alerts.values()
+    return QuickView(
+        alerts_html=alerts_html(alerts, acknowledged=options.acknowledged, limit=options.alert_rows),
+        alert_ids=[a["alert_id"] for a in alerts[: options.alert_rows] if a["alert_id"] not in options.acknowledged],
+        panel_html=panel_html(state, options.filters.selected),
     )
 
 

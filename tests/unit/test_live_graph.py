@@ -164,3 +164,24 @@ def test_top_trust_rows_are_the_first_rows_of_the_full_sort(seed: int) -> None:
         for descending in (False, True):
             for limit in (1, 3, 200):
                 assert top_trust_rows(state, by, descending=descending, limit=limit) == sort_trust_rows(trust_rows(state), by, descending=descending)[:limit]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_judging_only_the_candidates_picks_what_judging_every_agent_picks(seed: int) -> None:
+    import random
+
+    state = _churned_state(seed)
+    rng = random.Random(seed)
+    agents = sorted(state.agents)
+    for agent in rng.sample(agents, k=min(len(agents), rng.randint(0, 3))):
+        state.agent(agent).quarantined = True
+    if rng.random() < 0.5:
+        state.loops = [rng.sample(agents, k=min(len(agents), 3))]
+    if seed % 2:  # many equal message counts: the degree, then the id, break the ties
+        for agent in agents:
+            state.agent(agent).messages = rng.choice([0, 1, 2])
+    selected = rng.choice([None, agents[seed % len(agents)], "not-an-agent"])
+    for budget in (1, 3, 10, 300):
+        for filters in (GraphFilters(max_visible=budget, selected=selected),
+                        GraphFilters(max_visible=budget, selected=selected, relationships=frozenset({"request"}))):
+            assert graph_model(state, filters) == graph_model(state, filters, exhaustive=True)

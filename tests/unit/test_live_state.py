@@ -105,6 +105,28 @@ def test_undecodable_records_are_counted_and_skipped() -> None:
         apply_record(state, "nope", b"{}")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("part", "field", "value", "reason"), [
+    ("processing_metadata", "latency_ms", 10**400, "too large"),  # a JSON integer no float holds
+    ("trust_impact", "after", "high", "trust_impact.after"),
+    ("original_message", "timestamp", "yesterday", "original_message.timestamp"),
+    ("causal_relationships", None, [{"source_agent": "a"}], "causal_relationships[0]"),
+])
+def test_a_bad_decision_is_counted_with_its_reason_and_the_next_one_still_folds(
+    records: list[OutRecord], part: str, field: str | None, value: object, reason: str
+) -> None:
+    good = [r.value for r in records if r.topic == config.DECISIONS][:2]
+    doc = json.loads(good[0])
+    if field is None:
+        doc[part] = value
+    else:
+        doc[part][field] = value
+    state = LiveState()
+    assert not apply_record(state, "decisions", json.dumps(doc).encode())
+    assert state.undecodable == 1 and state.version == 0
+    assert state.last_error.startswith("decisions: ") and reason in state.last_error, state.last_error
+    assert apply_record(state, "decisions", good[1]) and state.version == 1
+
+
 def test_quarantine_and_release_follow_event_time_not_arrival() -> None:
     state = LiveState()
     released = graph_update("node_released", ["x"], [], 20)

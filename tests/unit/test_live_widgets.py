@@ -193,3 +193,21 @@ def test_closing_the_dashboard_closes_every_widget_it_made(fleet_bus: tuple[Bus,
     # ipycytoscape's constructor makes a default Graph and replaces it at once; nothing
     # refers to that one any more, so it cannot be closed from here.
     assert left in ([], ["Graph"])
+
+
+def test_between_whole_refreshes_the_alerts_follow_and_the_rest_comes_once_due(fleet_bus: tuple[Bus, int]) -> None:
+    bus, total = fleet_bus
+    session = LiveSession(bus=bus, refresh_s=0.05)
+    session.tick_s = 3600.0  # no periodic call: only the dashboard's own request brings the whole view
+    dash = OperatorDashboard(session, full_refresh_s=3600.0, start=False)
+    try:
+        session.start()
+        wait_for(lambda: session.version == total, "the stream in the session")
+        wait_for(lambda: 'class="chorus-alert"' in dash.alerts_html.value, "the alert feed (a quick refresh)")
+        assert counts(dash)["version"] == 0, "the whole view waits for full_refresh_s"
+        assert dash.graph.node_ids == [] and "data-agent" not in dash.trust_html.value
+        dash.full_refresh_s = 0.0  # now due: the stream is over, so only the pending request can bring it
+        wait_for(lambda: counts(dash).get("version") == total, "the whole view once due, with nothing new on the stream", timeout=10)
+        assert dash.graph.node_ids and "data-agent" in dash.trust_html.value
+    finally:
+        dash.close()

@@ -79,3 +79,25 @@ def test_a_wrong_field_the_view_uses_is_rejected_by_name(records: list[OutRecord
     assert caught.value.field == field
     with pytest.raises(SchemaError):
         decode(ProcessedDecision, raw)
+
+
+def test_the_fast_readers_agree_with_the_checked_ones_or_leave_the_record_to_them(records: list[OutRecord]) -> None:
+    import copy
+
+    docs = [json.loads(r.value) for r in records if r.topic == config.DECISIONS]
+    fast = [wire._decision_fast(doc) for doc in docs]
+    assert sum(f is not None for f in fast) > len(docs) // 2, "the usual decision takes the fast path"
+    for doc, facts in zip(docs, fast, strict=True):
+        if facts is not None:
+            assert facts == wire._decision_checked(doc)
+    plain = next(doc for doc, facts in zip(docs, fast, strict=True) if facts is not None and doc["causal_relationships"])
+    for part, field, value in [("original_message", "timestamp", "2026-01-01T00:00:00+00:00"), ("trust_impact", "after", True),
+                               ("conflict_analysis", "risk", "0.5"), ("processing_metadata", "latency_ms", -1.0),
+                               ("original_message", "target_agents", ["a", 1])]:
+        changed = copy.deepcopy(plain)
+        changed[part][field] = value
+        assert wire._decision_fast(changed) is None, f"{part}.{field} = {value!r} goes to the checked reader"
+    edge = plain["causal_relationships"][0]
+    assert wire._edge_fast(edge) is not None
+    for field, value in [("strength", 1.5), ("strength", False), ("created_at", "2026-01-01T00:00:00Z"), ("source_agent", None)]:
+        assert wire._edge_fast(dict(edge, **{field: value})) is None, f"edge {field} = {value!r} goes to the checked reader"
