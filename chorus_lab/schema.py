@@ -295,6 +295,8 @@ def _check_id(name: str, value: str, *, allow_empty: bool = False) -> None:
 
 
 def _check_aware(name: str, value: datetime) -> None:
+    if value.__class__ is datetime and value.tzinfo is UTC:
+        return  # the usual case, checked first: a decision holds half a dozen timestamps
     if not isinstance(value, datetime):
         raise SchemaError(name, f"expected a datetime, got {_describe(value)}")
     if value.tzinfo is None or value.utcoffset() is None:
