@@ -85,3 +85,17 @@ class DeadLetter:
             field=text("field"),
             attempts=int(text("attempts") or 1),
         )
+
+
+class PoisonedRecord(Exception):
+    """Raised out of a batch by a stage shell: this record made its core fail.
+
+    Nothing of the batch was sent yet, so the shell rolls its state back and does the batch
+    again with ``letter`` sent in the record's place. ``key`` is the record's
+    ``(topic, partition, offset)``.
+    """
+
+    def __init__(self, key: tuple[str, int, int], letter: DeadLetter) -> None:
+        super().__init__(letter.message)
+        self.key = key
+        self.letter = letter

@@ -90,7 +90,7 @@ from chorus_lab.bus import (
     TransactionAbortedError,
 )
 from chorus_lab.audit import AuditStamper
-from chorus_lab.deadletter import DeadLetter
+from chorus_lab.deadletter import DeadLetter, PoisonedRecord
 from chorus_lab.engine import EngineConfig, LedgerPredictor, Predictor
 from chorus_lab.engine.global_ledger import GlobalLedgerTable, GlobalTablePredictor
 from chorus_lab.history.eventtime import record_timestamp_ms, to_ms
@@ -112,15 +112,6 @@ _FENCING_CODES = frozenset({"_FENCED", "PRODUCER_FENCED", "TRANSACTION_COORDINAT
 
 class ProcessingTimeout(Exception):
     """One message took longer than the per-message budget."""
-
-
-class _Poisoned(Exception):
-    """Raised out of a batch: this record made the pipeline fail; retry without it."""
-
-    def __init__(self, key: tuple[str, int, int], letter: DeadLetter) -> None:
-        super().__init__(letter.message)
-        self.key = key
-        self.letter = letter
 
 
 # --------------------------------------------------------------------------- settings
@@ -603,7 +594,7 @@ class StreamProcessor:
             self._aborts_in_a_row += 1
             self._replace_producer()
             self._rebuild_and_retry(records, counted=True)
-        except _Poisoned as poisoned:
+        except PoisonedRecord as poisoned:
             log.warning("record %s failed processing (%s: %s); retrying the batch without it", poisoned.letter.source, poisoned.letter.error_type, poisoned.letter.message)
             self._poison[poisoned.key] = poisoned.letter
             self._rebuild_and_retry(records, counted=False)
@@ -732,11 +723,11 @@ class StreamProcessor:
                 if self._use_alarm:
                     signal.setitimer(signal.ITIMER_REAL, 0)
         except Exception as exc:  # any failure of the core is this message's, not the processor's
-            raise _Poisoned((record.topic, record.partition, record.offset), self._process_letter(exc, meta, record)) from exc
+            raise PoisonedRecord((record.topic, record.partition, record.offset), self._process_letter(exc, meta, record)) from exc
         took = time.perf_counter() - began
         if took > self.settings.message_timeout_s:
             timeout = ProcessingTimeout(f"processing took {took:.2f}s, over the {self.settings.message_timeout_s:g}s budget")
-            raise _Poisoned((record.topic, record.partition, record.offset), self._process_letter(timeout, meta, record))
+            raise PoisonedRecord((record.topic, record.partition, record.offset), self._process_letter(timeout, meta, record))
         agent = decoded.agent_id.encode()
         if output.decision is not None:
             try:
@@ -770,7 +761,7 @@ class StreamProcessor:
                 if self._use_alarm:
                     signal.setitimer(signal.ITIMER_REAL, 0)
         except Exception as exc:
-            raise _Poisoned((record.topic, record.partition, record.offset), self._process_letter(exc, meta, record)) from exc
+            raise PoisonedRecord((record.topic, record.partition, record.offset), self._process_letter(exc, meta, record)) from exc
         for alert in output.alerts:
             self._send_audited(self.topics.alerts, encode(alert), signal_.agent_id.encode(), record.partition, signal_.detected_at)
 

@@ -92,10 +92,10 @@ from typing import Any
 from chorus_lab import config, statecodec
 from chorus_lab.audit import AuditStamper
 from chorus_lab.bus import Bus, BusError, CommitFailedError, Consumer, Producer, ProducerFencedError, Record, TopicPartition, TransactionAbortedError
-from chorus_lab.deadletter import DeadLetter
+from chorus_lab.deadletter import DeadLetter, PoisonedRecord
 from chorus_lab.history.eventtime import record_timestamp_ms, to_ms
 from chorus_lab.pipeline import DetectionSignal as WireSignal
-from chorus_lab.processor import Topics, _Poisoned, bounded_reader, consume_batch, default_instance_id, read_range, run_until_caught_up, run_until_stopped
+from chorus_lab.processor import Topics, bounded_reader, consume_batch, default_instance_id, read_range, run_until_caught_up, run_until_stopped
 from chorus_lab.schema import ProcessedDecision, SchemaError, decode, encode
 from chorus_lab.stage2 import Stage2, Stage2Config, Stage2Output, alert_key, graph_update_key
 
@@ -413,7 +413,7 @@ class Stage2Processor:
             log.warning("stage-2 transaction aborted (%s); rolling back to the last commit", exc)
             self._rollback()
             time.sleep(min(5.0, 0.05 * 2**self._aborts_in_a_row))
-        except _Poisoned as poisoned:
+        except PoisonedRecord as poisoned:
             # Nothing was sent: forget the batch's half-done state and do it again with the
             # decision dead-lettered (the consumer is seeked back to the last commit).
             letter = poisoned.letter
@@ -596,7 +596,7 @@ class Stage2Processor:
     def _process(self, partition: int, offset: int, decision: ProcessedDecision, *, live: bool) -> None:
         """Run one released decision through the core, or dead-letter it if the core failed on it before.
 
-        Raises ``_Poisoned`` when the core raises on it live (``step`` rolls back and redoes
+        Raises ``PoisonedRecord`` when the core raises on it live (``step`` rolls back and redoes
         the batch). During a restore's replay an exception propagates: the journal only
         holds decisions the core took, so one failing there is not reproducible input.
         """
@@ -616,7 +616,7 @@ class Stage2Processor:
         except Exception as exc:  # any failure of the core is this decision's, not stage 2's
             if not live:
                 raise
-            raise _Poisoned(key, self._core_letter(exc, partition, offset)) from exc
+            raise PoisonedRecord(key, self._core_letter(exc, partition, offset)) from exc
         if live:
             # Like stage 1's received_at → processed_at: from the start of the batch's work to this result.
             self.stage.observe_stage_times({"stage2": (time.perf_counter() - self._batch_started) * 1000})

@@ -34,12 +34,18 @@ class World:
         self.send(f"s-{resource}", ["x"], 0.0, "broadcast", action="status", resource=resource, capacity=capacity)
 
 
-def deadlocked(retries: int) -> World:
+def each_holding_one() -> World:
+    """Two resources of capacity 1: ``a`` holds r1 (granted at 1 s), ``b`` holds r2 (at 1.5 s)."""
     world = World()
     world.announce("r1", 1)
     world.announce("r2", 1)
     world.request("a", "r1", 1.0, 1, "grant")
     world.request("b", "r2", 1.5, 1, "grant")
+    return world
+
+
+def deadlocked(retries: int) -> World:
+    world = each_holding_one()
     for i in range(retries):
         world.request("a", "r2", 2.0 + 2 * i, 1, "deny")
         world.request("b", "r1", 2.5 + 2 * i, 1, "deny")
@@ -63,11 +69,7 @@ def test_a_cycle_that_closes_once_is_not_yet_a_deadlock() -> None:
 
 
 def test_the_cycle_breaks_when_a_holder_lets_go() -> None:
-    world = World()
-    world.announce("r1", 1)
-    world.announce("r2", 1)
-    world.request("a", "r1", 1.0, 1, "grant")
-    world.request("b", "r2", 1.5, 1, "grant")
+    world = each_holding_one()
     world.request("a", "r2", 2.0, 1, "deny")
     world.send("a", ["s-r1"], 2.2, action="release", resource="r1")
     for i in range(3):
@@ -169,11 +171,7 @@ def test_poisson_tail() -> None:
 
 
 def test_one_agent_retrying_against_a_partner_that_moved_on_is_not_a_deadlock() -> None:
-    world = World()
-    world.announce("r1", 1)
-    world.announce("r2", 1)
-    world.request("a", "r1", 1.0, 1, "grant")
-    world.request("b", "r2", 1.5, 1, "grant")
+    world = each_holding_one()
     world.request("b", "r1", 2.5, 1, "deny")  # b asks once; a does not want r2 yet: no cycle
     for i in range(3):  # the cycle closes three times, every time by a's request
         world.request("a", "r2", 3.0 + 0.5 * i, 1, "deny")
@@ -184,11 +182,7 @@ def test_one_agent_retrying_against_a_partner_that_moved_on_is_not_a_deadlock() 
 
 
 def test_an_ignored_request_stops_being_a_want() -> None:
-    world = World()
-    world.announce("r1", 1)
-    world.announce("r2", 1)
-    world.request("a", "r1", 1.0, 1, "grant")
-    world.request("b", "r2", 1.5, 1, "grant")
+    world = each_holding_one()
     world.request("a", "r2", 2.0, 1, "deny")
     # b asks for r1 and its steward never answers: pending in the ledger for an hour.
     world.send("b", ["s-r1"], 2.5, action="request_resource", resource="r1", amount=1)  # closes the cycle once
@@ -197,11 +191,7 @@ def test_an_ignored_request_stops_being_a_want() -> None:
         world.request("a", "r2", 42.5 + 0.5 * i, 1, "deny")
     assert world.findings == []
     # Within the answer window the same unanswered request is still a want.
-    world = World()
-    world.announce("r1", 1)
-    world.announce("r2", 1)
-    world.request("a", "r1", 1.0, 1, "grant")
-    world.request("b", "r2", 1.5, 1, "grant")
+    world = each_holding_one()
     world.request("a", "r2", 2.0, 1, "deny")
     world.send("b", ["s-r1"], 2.5, action="request_resource", resource="r1", amount=1)
     for i in range(2):
