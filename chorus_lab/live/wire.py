@@ -20,11 +20,10 @@ chorus_lab.schema.SchemaError: pattern: required field is missing
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, NamedTuple
 
-from chorus_lab.schema import MAX_MESSAGE_BYTES, SchemaError, format_timestamp, load_json, parse_timestamp
+from chorus_lab.schema import SchemaError, format_timestamp, load_json, parse_timestamp
 
 _CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
@@ -75,45 +74,6 @@ class GraphFacts(NamedTuple):
     timestamp: str
     detected_loops: list[list[str]]
     metrics: dict[str, float]
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def _load(data: bytes | str | dict[str, Any]) -> dict[str, Any]:
-    """``schema.load_json`` (size limit, UTF-8, no NaN/Infinity, an object) for bytes, with
-    one decoder made once: ``json.loads`` with ``parse_constant`` builds a decoder per call,
-    a sixth of the parsing of a decision, in every kernel for every record.
-
-    >>> _load(b'{"a": 1}'), _load(b'{"a": NaN}')
-    Traceback (most recent call last):
-    ...
-    chorus_lab.schema.SchemaError: <json>: invalid JSON: NaN is not valid JSON
-    """
-    if not isinstance(data, bytes):
-        return load_json(data)
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise SchemaError("<message>", f"size {len(data)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SchemaError("<bytes>", f"not valid UTF-8 at byte {exc.start}") from None
-    try:
-        if text.startswith("\ufeff"):
-            raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
-        value = _DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
-        raise SchemaError("<json>", f"invalid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise SchemaError("<json>", f"expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 # --------------------------------------------------------------------------- field readers
@@ -247,7 +207,7 @@ def _edges_checked(value: Any, key: str, path: str) -> list[EdgeFacts]:
 
 def read_decision(data: bytes | str | dict[str, Any]) -> DecisionFacts:
     """What the live view uses of an ``agent-decisions-processed`` record."""
-    doc = _load(data)
+    doc = load_json(data)
     return _decision_fast(doc) or _decision_checked(doc)
 
 
@@ -287,7 +247,7 @@ def _decision_checked(doc: dict[str, Any]) -> DecisionFacts:
 
 def read_alert(data: bytes | str | dict[str, Any]) -> AlertFacts:
     """What the live view uses of a ``system-alerts`` record."""
-    doc = _load(data)
+    doc = load_json(data)
     evidence = doc.get("evidence", [])
     if not isinstance(evidence, list):
         raise SchemaError("evidence", f"expected a list, got {type(evidence).__name__}")
@@ -305,7 +265,7 @@ def read_alert(data: bytes | str | dict[str, Any]) -> AlertFacts:
 
 def read_graph_update(data: bytes | str | dict[str, Any]) -> GraphFacts:
     """What the live view uses of a ``causal-graph-updates`` record."""
-    doc = _load(data)
+    doc = load_json(data)
     metrics = _obj(doc, "graph_metrics", "")
     loops = _get(metrics, "detected_loops", "graph_metrics.")
     if not isinstance(loops, list) or not all(isinstance(loop, list) and all(isinstance(a, str) for a in loop) for loop in loops):
