@@ -13,8 +13,9 @@ time* (the messages' own timestamps), never of the wall clock.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
+from typing import Any
 
 
 def _frozen(values: dict[str, float]) -> Mapping[str, float]:
@@ -126,6 +127,11 @@ class EngineConfig:
     conflict_edge_risk: float = 0.7
     """A request at or above this risk yields ``conflict`` edges instead of ``request``."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType does not pickle, and stage 1's decide workers get a copy of the config.
+        plain = {f.name: dict(value) if isinstance(value := getattr(self, f.name), MappingProxyType) else value for f in fields(self)}
+        return (_config_from_fields, (plain,))
+
     def __post_init__(self) -> None:
         positive = {
             "default_capacity": self.default_capacity,
@@ -151,3 +157,8 @@ class EngineConfig:
         for kind in ("request", "dependency", "conflict"):
             if not 0 <= self.edge_strength.get(kind, -1) <= 1:
                 raise ValueError(f"edge_strength[{kind!r}] must be within 0–1")
+
+
+def _config_from_fields(values: dict[str, Any]) -> EngineConfig:
+    """Unpickles an ``EngineConfig``, its weight tables read-only again."""
+    return EngineConfig(**{name: _frozen(value) if isinstance(value, dict) else value for name, value in values.items()})

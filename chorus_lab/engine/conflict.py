@@ -114,6 +114,7 @@ def find_deadlock(
     now: datetime | None,
     max_depth: int,
     capacity: float | None = None,
+    held: float | None = None,
 ) -> tuple[str, ...]:
     """The wait-for cycle that ``requester`` would close by waiting for ``resource``.
 
@@ -123,11 +124,14 @@ def find_deadlock(
     a deadlock is a path from one of those holders back to the requester. Breadth-first,
     neighbours in sorted order, so the shortest cycle is found and the answer is
     deterministic. Cost: O(V + E) of the wait-for graph within ``max_depth``.
-    ``capacity`` overrides the ledger's capacity of ``resource`` (the request may announce it).
+    ``capacity`` overrides the ledger's capacity of ``resource`` (the request may announce it);
+    ``held`` is the ledger's ``held_total(resource)`` when the caller already has it.
     """
     if capacity is None:
         capacity = ledger.capacity(resource)
-    if amount + ledger.held_total(resource) <= capacity:
+    if held is None:
+        held = ledger.held_total(resource)
+    if amount + held <= capacity:
         return ()
     start = sorted(a for a in ledger.holders(resource) if a != requester)
     parent: dict[str, str] = {agent: requester for agent in start}
@@ -253,7 +257,7 @@ class LedgerPredictor:
             load=(amount + held) / capacity,
             contention=weighted / capacity,
             denials=ledger.denials(resource, requester),
-            deadlock=find_deadlock(requester, resource, amount, ledger, now, config.deadlock_search_depth, capacity),
+            deadlock=find_deadlock(requester, resource, amount, ledger, now, config.deadlock_search_depth, capacity, held),
             quarantined=ledger.is_quarantined(requester),
             competitors=tuple(sorted(holders | set(waiting))),
             outranking=tuple(sorted(a for a, r in waiting.items() if r.priority >= priority)),

@@ -36,6 +36,9 @@ ACTIONS: frozenset[str] = frozenset(get_args(Action))
 
 MAX_AMOUNT = 1e12
 
+_NOTHING_BAD: frozenset[str] = frozenset()
+"""The ``bad`` of almost every message: shared instead of built from no warnings each time."""
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:
@@ -85,7 +88,7 @@ def parse_content(content: Any, *, max_amount: float = MAX_AMOUNT) -> tuple[Cont
     capacity = _number(content, "capacity", warnings, low=0.0, high=max_amount, low_open=True)
     claim = _claim(content, warnings)
     # Every warning starts with "content.<key>", so the bad keys are read off the warnings.
-    bad = frozenset(w.split(":", 1)[0].split(".")[1] for w in warnings)
+    bad = frozenset(w.split(":", 1)[0].split(".")[1] for w in warnings) if warnings else _NOTHING_BAD
     facts = ContentFacts(action, resource, amount, priority, capacity, task_id, claim, bad)
     return facts, warnings
 

@@ -207,6 +207,9 @@ class GlobalLedgerTable:
 
 NewsKind = Literal["request", "grant", "deny", "release", "hold"]
 
+_LEDGER_KEYS = frozenset({"resource", "amount", "priority"})
+"""Content keys a bad value of which makes the ledger ignore the message's action."""
+
 
 @dataclass(frozen=True, slots=True)
 class LocalEvent:
@@ -242,7 +245,7 @@ class LocalNews:
         resource, action = facts.resource, facts.action
         if resource is None or action not in ("request_resource", "grant", "deny", "release", "hold"):
             return
-        if facts.bad & {"resource", "amount", "priority"}:
+        if not facts.bad.isdisjoint(_LEDGER_KEYS):
             return  # the ledger ignores the action too
         now = message.timestamp.astimezone(UTC)
         events = self.events.get(resource)
@@ -338,6 +341,7 @@ class MergedLedgerView:
         self.news = news
         self.now = now
         """The request's event time: with ``news``, the merged state is aged to it."""
+        self._ttl = timedelta(seconds=local.config.pending_ttl_s)
 
     def capacity(self, resource: str) -> float:
         entry = self.table.entries.get(resource)
@@ -421,7 +425,7 @@ class MergedLedgerView:
         return holders, pending
 
     def _live(self, request: PendingRequest, now: datetime | None) -> bool:
-        return now is None or now - request.time <= timedelta(seconds=self.local.config.pending_ttl_s)
+        return now is None or now - request.time <= self._ttl
 
     def _age(
         self,
@@ -474,6 +478,35 @@ class MergedLedgerView:
         return f"fleet ledger {behind:.1f} s behind, carried forward with this partition's news since"
 
 
+class _AssessmentView(MergedLedgerView):
+    """A :class:`MergedLedgerView` that lives for one assessment and merges each resource once.
+
+    The predictor asks about the same resource several times (its total, its requests, its
+    holders, again in every step of the deadlock search), and each answer would replay the
+    news and age the record anew. Neither the ledger nor the table changes while one
+    message is assessed, so the first answer is kept; a long-lived view (which must follow
+    the ledger) is a plain :class:`MergedLedgerView`. The dicts kept are handed out as
+    they are: :class:`LedgerView` answers are read-only mappings.
+    """
+
+    def __init__(self, local: ResourceLedger, table: GlobalLedgerTable, news: LocalNews | None, now: datetime) -> None:
+        super().__init__(local, table, news, now)
+        self._merged: dict[str, tuple[dict[str, float], dict[str, PendingRequest]]] = {}
+        self._held: dict[str, float] = {}
+
+    def held_total(self, resource: str) -> float:
+        held = self._held.get(resource)
+        if held is None:
+            held = self._held[resource] = super().held_total(resource)
+        return held
+
+    def _merge(self, resource: str) -> tuple[dict[str, float], dict[str, PendingRequest]]:
+        merged = self._merged.get(resource)
+        if merged is None:
+            merged = self._merged[resource] = super()._merge(resource)
+        return merged
+
+
 class GlobalTablePredictor:
     """A predictor that reads :class:`MergedLedgerView` instead of the partition's own ledger.
 
@@ -523,7 +556,7 @@ class GlobalTablePredictor:
     def _view(self, ledger: ResourceLedger, now: datetime) -> LedgerView:
         if not self.table.entries:
             return ledger
-        return MergedLedgerView(ledger, self.table, self.news(ledger), now)
+        return _AssessmentView(ledger, self.table, self.news(ledger), now)
 
     def _note(self, message: AgentMessage, facts: ContentFacts, ledger: ResourceLedger) -> None:
         """Record ``message`` as news *after* predicting it (a request is not its own competitor)."""

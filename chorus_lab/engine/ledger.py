@@ -133,6 +133,8 @@ class ResourceLedger:
         self.quarantined: set[str] = set()
         # Index agent -> resources it has pending requests on (derived; rebuilt on restore).
         self._waits: dict[str, set[str]] = {}
+        # Built once: every liveness check compares against it (several per message).
+        self._ttl = timedelta(seconds=self.config.pending_ttl_s)
 
     # ------------------------------------------------------------------ view
 
@@ -164,7 +166,10 @@ class ResourceLedger:
         state = self.resources.get(resource)
         if state is None:
             return {}
-        return {agent: req for agent, req in state.pending.items() if self._live(req, now)}
+        if now is None:
+            return dict(state.pending)
+        ttl = self._ttl
+        return {agent: req for agent, req in state.pending.items() if now - req.time <= ttl}
 
     def waiting_for(self, agent_id: str, now: datetime | None = None) -> list[PendingRequest]:
         """The agent's live pending requests, sorted by resource."""
@@ -361,15 +366,13 @@ class ResourceLedger:
         return state
 
     def _live(self, request: PendingRequest, now: datetime | None) -> bool:
-        if now is None:
-            return True
-        return now - request.time <= timedelta(seconds=self.config.pending_ttl_s)
+        return now is None or now - request.time <= self._ttl
 
     def _expire(self, resource: str, now: datetime) -> None:
-        state = self.resources[resource]
-        for agent, request in list(state.pending.items()):
-            if not self._live(request, now):
-                self._drop_pending(resource, agent)
+        ttl = self._ttl
+        expired = [agent for agent, request in self.resources[resource].pending.items() if now - request.time > ttl]
+        for agent in expired:
+            self._drop_pending(resource, agent)
 
     def _drop_pending(self, resource: str, agent_id: str) -> None:
         self.resources[resource].pending.pop(agent_id, None)

@@ -189,8 +189,10 @@ class PredictionEngine:
         """Run one agent message through the pipeline."""
         state, config = self.state, self.config
         agent, now = message.agent_id, message.timestamp
-        seen = state.seen.setdefault(agent, RecentIds(config.dedup_window))
-        if message.message_id in seen:
+        seen = state.seen.get(agent)
+        if seen is None:  # not setdefault: that would build a window per message
+            seen = state.seen[agent] = RecentIds(config.dedup_window)
+        elif message.message_id in seen:
             return self._duplicate(message)
 
         facts, content_warnings = parse_content(message.content, max_amount=config.max_amount)
@@ -260,7 +262,9 @@ class PredictionEngine:
         kind = canonical_kind(pattern)
         if evidence:
             key = f"{kind}:{','.join(sorted(set(evidence)))}"
-            recent = self.state.signals.setdefault(agent_id, RecentIds(self.config.dedup_window))
+            recent = self.state.signals.get(agent_id)
+            if recent is None:
+                recent = self.state.signals[agent_id] = RecentIds(self.config.dedup_window)
             if not recent.add(key):
                 reason = f"{kind} signal already applied for this evidence"
                 return SignalResult(self.state.trust.unchanged(agent_id, timestamp, reason, evidence), None, True)
@@ -303,7 +307,9 @@ class PredictionEngine:
         """
         if facts.claim is None:
             return False
-        claims = self.state.claims.setdefault(agent, OrderedDict())
+        claims = self.state.claims.get(agent)
+        if claims is None:
+            claims = self.state.claims[agent] = OrderedDict()
         previous = claims.pop(facts.claim.key, None)
         claims[facts.claim.key] = facts.claim.value_json
         while len(claims) > self.config.claim_memory:

@@ -51,6 +51,8 @@ class QuarantinePolicy:
         self.quarantined: dict[str, QuarantineRecord] = {}
         self.throttled_until: dict[str, datetime] = {}
         self.recent: dict[str, deque[datetime]] = {}
+        # Built once: observe_message runs for every message.
+        self._window = timedelta(seconds=self.config.throttle_window_s)
 
     # ------------------------------------------------------------------ queries
 
@@ -122,8 +124,10 @@ class QuarantinePolicy:
         """Count one message from ``agent_id``; throttle it if its rate is over the limit."""
         config = self.config
         now = timestamp.astimezone(UTC)
-        window = timedelta(seconds=config.throttle_window_s)
-        times = self.recent.setdefault(agent_id, deque(maxlen=config.throttle_max_messages + 1))
+        window = self._window
+        times = self.recent.get(agent_id)
+        if times is None:  # not setdefault: that would build a deque per message
+            times = self.recent[agent_id] = deque(maxlen=config.throttle_max_messages + 1)
         times.append(now)
         while times and now - times[0] >= window:
             times.popleft()

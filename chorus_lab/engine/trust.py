@@ -128,7 +128,10 @@ class TrustModel:
 
     def weight(self, kind: str) -> tuple[float, bool]:
         """The evidence weight of a signal kind and whether it is positive."""
-        name = canonical_kind(kind)
+        return self._weight(canonical_kind(kind))
+
+    def _weight(self, name: str) -> tuple[float, bool]:
+        """:meth:`weight` of a kind already through :func:`canonical_kind`."""
         if name in self.config.positive_weights:
             return self.config.positive_weights[name], True
         return self.config.negative_weights.get(name, self.config.default_signal_weight), False
@@ -148,14 +151,17 @@ class TrustModel:
         """
         config = self.config
         now = timestamp.astimezone(UTC)
-        state = self.agents.setdefault(agent_id, AgentTrust())
+        state = self.agents.get(agent_id)
+        if state is None:
+            state = self.agents[agent_id] = AgentTrust()
         before = state.score
         parts: list[str] = []
 
         if state.updated_at is not None and now > state.updated_at:
             elapsed = (now - state.updated_at).total_seconds()
-            positive, negative = self._aged(state, now)
-            if (positive, negative) != (state.positive, state.negative):
+            factor = decay_factor(elapsed, config.trust_half_life_s)  # as _aged, without recomputing elapsed
+            positive, negative = state.positive * factor, state.negative * factor
+            if positive != state.positive or negative != state.negative:
                 parts.append(f"evidence aged {_duration(elapsed)}")
             state.positive, state.negative = positive, negative
         if state.updated_at is None or now > state.updated_at:
@@ -164,13 +170,13 @@ class TrustModel:
 
         evidence: list[str] = []
         for signal in signals:
-            weight, is_positive = self.weight(signal.kind)
+            label = canonical_kind(signal.kind)
+            weight, is_positive = self._weight(label)
             amount = weight * signal.confidence
             if is_positive:
                 state.positive = min(config.trust_max_positive, state.positive + amount)
             else:
                 state.negative += amount
-            label = canonical_kind(signal.kind)
             parts.append(label if signal.confidence == 1.0 else f"{label} (confidence {signal.confidence:.2f})")
             evidence.extend(signal.evidence)
 
