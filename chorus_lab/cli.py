@@ -13,7 +13,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -428,6 +427,8 @@ def _add_pipeline_commands(
         sub.add_argument("--session-timeout", type=float, default=10.0, help="seconds before a silent instance's partitions move (default %(default)s; Kafka allows 6 or more)")
         sub.add_argument("--partitions", type=int, default=config.DEFAULT_PARTITIONS, help="partitions of topics created when missing (default %(default)s)")
         sub.add_argument("--topic-prefix", default="", help="read and write a sandbox copy of the topics named <prefix><topic>")
+        sub.add_argument("--decide-workers", type=int, default=0,
+                         help="processes that decide the records, each owning some partitions (default %(default)s: decide in the processor's own thread)")
 
     process = command("process", _process, "run stage 1 (conflict prediction, trust, quarantine) as a consumer-group member")
     stage1_options(process)
@@ -456,6 +457,7 @@ def _stage1_settings(args: argparse.Namespace) -> ProcessorSettings:  # noqa: F8
         snapshot_every=args.snapshot_every,
         session_timeout_s=args.session_timeout,
         partitions=args.partitions,
+        decide_workers=args.decide_workers,
     )
 
 
@@ -512,7 +514,8 @@ def _autoscale(args: argparse.Namespace) -> int:
     policy = ScalePolicy(max_instances=args.max, lag_threshold=args.lag_threshold, cooldown_s=args.cooldown)
     base = args.instance or default_instance_id()
     extra = ["--batch-size", str(args.batch_size), "--message-timeout", str(args.message_timeout), "--snapshot-every", str(args.snapshot_every),
-             "--session-timeout", str(args.session_timeout), "--partitions", str(args.partitions), "--topic-prefix", args.topic_prefix]
+             "--session-timeout", str(args.session_timeout), "--partitions", str(args.partitions), "--topic-prefix", args.topic_prefix,
+             "--decide-workers", str(args.decide_workers)]
     supervisor = Supervisor(
         lambda slot: process_command(bus.url, args.group, f"{base}-{slot}", extra),
         lambda: group_lag(bus, args.group, topics.raw),

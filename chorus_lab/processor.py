@@ -91,12 +91,20 @@ from chorus_lab.bus import (
 )
 from chorus_lab.audit import AuditStamper
 from chorus_lab.deadletter import DeadLetter, PoisonedRecord
-from chorus_lab.engine import EngineConfig, LedgerPredictor, Predictor
-from chorus_lab.engine.global_ledger import GlobalLedgerTable, GlobalTablePredictor
+from chorus_lab.engine import EngineConfig, Predictor
+from chorus_lab.engine.global_ledger import GlobalLedgerTable
 from chorus_lab.history.eventtime import record_timestamp_ms, to_ms
-from chorus_lab.ingest import decode_record
-from chorus_lab.pipeline import DetectionSignal, RecordMeta, Stage1, decode_message, encode_decision, validate, validate_signal
-from chorus_lab.schema import AgentMessage, SchemaError, encode
+from chorus_lab.pipeline import Stage1
+from chorus_lab.schema import SchemaError
+from chorus_lab.stage1_deciders import (
+    Decider,
+    DecideSettings,
+    LocalDecider,
+    ProcessingTimeout,
+    in_chunks,
+    make_decider,
+    message_or_dead_letter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +116,6 @@ _CHUNK_BYTES = 512 * 1024
 
 _FENCING_CODES = frozenset({"_FENCED", "PRODUCER_FENCED", "TRANSACTION_COORDINATOR_FENCED", "INVALID_PRODUCER_EPOCH"})
 """Error codes that mean another producer took our transactional id (stop), unlike other fatal errors (replace the producer)."""
-
-
-class ProcessingTimeout(Exception):
-    """One message took longer than the per-message budget."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -192,6 +196,10 @@ class ProcessorSettings:
     """With more than one partition, conflict prediction also reads stage 2's fleet-wide
     ``chorus-resource-ledger`` (``engine.global_ledger``); with one, the partition's own
     ledger is the whole fleet's already."""
+    decide_workers: int = 0
+    """Processes that decide the records (``chorus_lab.stage1_deciders``), each owning some of
+    this instance's partitions; 0 decides in the processor's own thread. More than the
+    instance's partitions leaves the rest idle."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -200,6 +208,8 @@ class ProcessorSettings:
             raise ValueError(f"message_timeout_s must be positive, got {self.message_timeout_s}")
         if self.snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {self.snapshot_every}")
+        if self.decide_workers < 0:
+            raise ValueError(f"decide_workers must be 0 (decide in the processor's thread) or more, got {self.decide_workers}")
 
 
 @dataclass(slots=True)
@@ -418,7 +428,6 @@ def read_range(consumer: Consumer, tp: TopicPartition, start: int, end: int, *, 
 class _Parked:
     """State of a partition this instance gave up, kept in case it comes back unchanged."""
 
-    stage_engine: Any
     raw_next: int
     signals_next: int
 
@@ -446,11 +455,10 @@ class StreamProcessor:
         self.instance_id = instance_id or default_instance_id()
         self.topics = topics or Topics()
         self.settings = settings or ProcessorSettings()
+        self.engine_config = engine_config or EngineConfig()
+        self.predictor = predictor
         self.ledger_table = GlobalLedgerTable()
-        if self.settings.global_ledger:
-            # Empty until start() finds more than one partition: then it reads the same as before.
-            predictor = GlobalTablePredictor(predictor or LedgerPredictor(engine_config), self.ledger_table)
-        self.stage = Stage1(engine_config, instance_id=self.instance_id, predictor=predictor, clock=lambda: datetime.now(UTC))
+        self._decider: Decider | None = None
         self._table: Consumer | None = None
         self.stats = ProcessorStats()
         self.transactional_id = f"chorus-stage1.{group_id}.{self.instance_id}"
@@ -473,7 +481,6 @@ class StreamProcessor:
         self._now_ms = 0
         self._retry: list[Record] = []
         self._aborts_in_a_row = 0
-        self._use_alarm = False
         self._next_stats = 0.0
         self._started = False
 
@@ -500,10 +507,21 @@ class StreamProcessor:
         self._consumer.subscribe([self.topics.raw, self.topics.signals], on_assign=self._on_assign, on_revoke=self._on_revoke)
         if self.settings.global_ledger and self._partitions > 1:
             self._table = self._open_ledger_table(admin)
+        decide = DecideSettings(
+            raw_topic=self.topics.raw,
+            signals_topic=self.topics.signals,
+            decisions_topic=self.topics.decisions,
+            alerts_topic=self.topics.alerts,
+            partitions=self._partitions,
+            message_timeout_s=self.settings.message_timeout_s,
+            instance_id=self.instance_id,
+            engine_config=self.engine_config,
+            predictor=self.predictor,
+            global_ledger=self.settings.global_ledger,
+        )
         # Interrupting a runaway message needs SIGALRM, which only the main thread receives.
-        self._use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-        if self._use_alarm:
-            signal.signal(signal.SIGALRM, _raise_timeout)
+        alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+        self._decider = make_decider(decide, self.settings.decide_workers, alarm=alarm, table=self.ledger_table)
         self._next_stats = time.monotonic() + self.settings.stats_interval_s
         self._started = True
         log.info("stage 1 %s joined group %s on %s (%d partitions)", self.instance_id, self.group_id, self.bus.url, self._partitions)
@@ -532,9 +550,8 @@ class StreamProcessor:
                 log.warning("closing the %s: %s", name.strip("_"), exc)
             setattr(self, name, None)
         self._audit.close()
-        if self._use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        if self._decider is not None:
+            self._decider.close()
         self._started = False
         log.info("stage 1 %s stopped: %s", self.instance_id, self.stats.summary())
 
@@ -542,6 +559,20 @@ class StreamProcessor:
     def owned_partitions(self) -> list[int]:
         """Raw partitions whose state this instance holds now."""
         return sorted(self._owned)
+
+    @property
+    def stage(self) -> Stage1:
+        """The pure core holding the owned partitions' state (after ``start``, deciding in this process)."""
+        if not isinstance(self._decider, LocalDecider):
+            where = "yet: call start()" if self._decider is None else f"in this process: {self.settings.decide_workers} workers hold it"
+            raise RuntimeError(f"stage 1's state is not here {where}")
+        return self._decider.stage
+
+    @property
+    def decider(self) -> Decider:
+        if self._decider is None:
+            raise BusError("call start() first")
+        return self._decider
 
     def caught_up(self) -> bool:
         """True when this instance owns partitions and has read every one of them to its end."""
@@ -620,7 +651,8 @@ class StreamProcessor:
         received_at = datetime.now(UTC)
         self._now_ms = to_ms(received_at)
         started = time.perf_counter()
-        counters = replace(self.stage.counters)  # a batch done again after a failure counts once
+        decider = self.decider
+        counters = replace(decider.counters)  # a batch done again after a failure counts once
         self._batch_errors = {}
         self._outputs = []
         self._audit.abort()  # links of a batch that did not commit are void
@@ -628,26 +660,25 @@ class StreamProcessor:
         checkpoint_now: set[int] = set()
         counted: dict[int, int] = {}
         poisoned_here: list[tuple[str, int, int]] = []
-        processed = 0
+        raw = self.topics.raw
+        fresh = [record for record in records if self._is_new(record)]
         try:
-            for record in records:
-                if not self._is_new(record):
-                    continue
+            decided = iter(decider.decide([r for r in fresh if (r.topic, r.partition, r.offset) not in self._poison], received_at))
+            for record in fresh:
                 key = (record.topic, record.partition, record.offset)
                 letter = self._poison.get(key)
                 if letter is not None:
                     self._send_error(letter)
                     checkpoint_now.add(record.partition)
                     poisoned_here.append(key)
-                elif record.topic == self.topics.raw:
-                    self._handle_message(record, received_at)
-                    counted[record.partition] = counted.get(record.partition, 0) + 1
                 else:
-                    self._handle_signal(record, received_at)
-                    checkpoint_now.add(record.partition)
+                    self._send_decided(next(decided), record.partition)
+                    if record.topic == raw:
+                        counted[record.partition] = counted.get(record.partition, 0) + 1
+                    else:
+                        checkpoint_now.add(record.partition)
                 tp = record.topic_partition  # a new tuple per access: take it once
                 self._next[tp] = offsets[tp] = record.offset + 1
-                processed += 1
             now = time.monotonic()
             due = []
             for partition, count in counted.items():
@@ -661,7 +692,7 @@ class StreamProcessor:
             for partition in sorted(checkpoint_now):
                 self._write_checkpoint(partition)
         except BaseException:
-            self.stage.counters = counters
+            decider.counters = counters
             raise
         producer.begin_transaction()
         try:
@@ -676,7 +707,7 @@ class StreamProcessor:
                 producer.send_offsets_to_transaction(offsets, self._consumer)
             producer.commit_transaction()
         except BaseException:
-            self.stage.counters = counters
+            decider.counters = counters
             self._audit.abort()
             self._abort_quietly()
             raise
@@ -693,7 +724,7 @@ class StreamProcessor:
             self._checkpoint_due[partition] = time.monotonic() + self.settings.snapshot_interval_s
         self._aborts_in_a_row = 0
         self.stats.batches += 1
-        self.stats.records += processed
+        self.stats.records += len(fresh)
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
         self._sync_counters()
 
@@ -702,72 +733,14 @@ class StreamProcessor:
         rebalance or retry delivers a second time, are skipped."""
         return record.partition in self._owned and record.offset >= self._next.get(record.topic_partition, 0)
 
-    def _handle_message(self, record: Record, received_at: datetime) -> None:
-        meta = RecordMeta(record.topic, record.partition, record.offset, record.timestamp_ms, record.key, received_at)
-        decoded = message_or_dead_letter(record)
-        if isinstance(decoded, DeadLetter):
-            self._send_error(decoded)
-            return
-        try:
-            validate(meta, decoded, self._partitions)
-        except SchemaError as exc:
-            self._send_error(DeadLetter.from_exception(exc, stage="validate", source=meta.source, value=record.value, key=record.key))
-            return
-        began = time.perf_counter()
-        try:
-            if self._use_alarm:
-                signal.setitimer(signal.ITIMER_REAL, self.settings.message_timeout_s)
-            try:
-                output = self.stage.decide(meta, decoded)
-            finally:
-                if self._use_alarm:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-        except Exception as exc:  # any failure of the core is this message's, not the processor's
-            raise PoisonedRecord((record.topic, record.partition, record.offset), self._process_letter(exc, meta, record)) from exc
-        took = time.perf_counter() - began
-        if took > self.settings.message_timeout_s:
-            timeout = ProcessingTimeout(f"processing took {took:.2f}s, over the {self.settings.message_timeout_s:g}s budget")
-            raise PoisonedRecord((record.topic, record.partition, record.offset), self._process_letter(timeout, meta, record))
-        agent = decoded.agent_id.encode()
-        if output.decision is not None:
-            try:
-                value = encode_decision(output.decision)
-            except SchemaError as exc:
-                # Deterministic (same input, same size), so a replay agrees; the state keeps the message.
-                self._send_error(DeadLetter.from_exception(exc, stage="produce", source=meta.source, value=record.value, key=record.key))
+    def _send_decided(self, decided: list[Any], raw_partition: int) -> None:
+        """Queue what the decider made of one record: dead letters, and decisions and alerts to stamp."""
+        for item in decided:
+            if isinstance(item, DeadLetter):
+                self._send_error(item)
             else:
-                self._send_audited(self.topics.decisions, value, agent, record.partition, decoded.timestamp)
-        for alert in output.alerts:
-            self._send_audited(self.topics.alerts, encode(alert), agent, record.partition, decoded.timestamp)
-
-    def _handle_signal(self, record: Record, received_at: datetime) -> None:
-        meta = RecordMeta(record.topic, record.partition, record.offset, record.timestamp_ms, record.key, received_at)
-        try:
-            signal_ = DetectionSignal.decode(record.value or b"")
-        except SchemaError as exc:
-            self._send_error(DeadLetter.from_exception(exc, stage="decode", source=meta.source, value=record.value, key=record.key))
-            return
-        try:
-            validate_signal(meta, signal_, self._partitions)
-        except SchemaError as exc:
-            self._send_error(DeadLetter.from_exception(exc, stage="validate", source=meta.source, value=record.value, key=record.key))
-            return
-        try:
-            if self._use_alarm:
-                signal.setitimer(signal.ITIMER_REAL, self.settings.message_timeout_s)
-            try:
-                output = self.stage.apply_signal(record.partition, signal_)
-            finally:
-                if self._use_alarm:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-        except Exception as exc:
-            raise PoisonedRecord((record.topic, record.partition, record.offset), self._process_letter(exc, meta, record)) from exc
-        for alert in output.alerts:
-            self._send_audited(self.topics.alerts, encode(alert), signal_.agent_id.encode(), record.partition, signal_.detected_at)
-
-    @staticmethod
-    def _process_letter(exc: BaseException, meta: RecordMeta, record: Record) -> DeadLetter:
-        return DeadLetter.from_exception(exc, stage="process", source=meta.source, value=record.value, key=record.key)
+                topic, value, key, event_ms = item
+                self._send_audited(topic, value, key, raw_partition, event_ms)
 
     def _send_error(self, letter: DeadLetter) -> None:
         self._batch_errors[letter.stage] = self._batch_errors.get(letter.stage, 0) + 1
@@ -780,9 +753,9 @@ class StreamProcessor:
         """
         self._outputs.append((topic, value, key, headers, partition, timestamp_ms))
 
-    def _send_audited(self, topic: str, value: bytes, key: bytes, raw_partition: int, event_time: datetime) -> None:
+    def _send_audited(self, topic: str, value: bytes, key: bytes, raw_partition: int, event_ms: int) -> None:
         """Queue a decision or alert: stamped with its event time and chained in lane ``stage1/p<raw partition>``."""
-        timestamp_ms = record_timestamp_ms(to_ms(event_time), self._now_ms)
+        timestamp_ms = record_timestamp_ms(event_ms, self._now_ms)
         headers = self._audit.stamp(topic, key, value, timestamp_ms, lane=f"stage1/p{raw_partition}")
         self._send(topic, value, key, headers=headers, timestamp_ms=timestamp_ms)
 
@@ -793,7 +766,7 @@ class StreamProcessor:
             partition=partition,
             raw_offset=self._next[raw],
             signals_offset=self._next[signals],
-            state=self.stage.snapshot(partition),
+            state=self.decider.snapshot(partition),
             generation=f"{self.instance_id}-{uuid.uuid4().hex[:12]}",
         )
         key = checkpoint_key(self.group_id, self.topics.raw, partition)
@@ -825,7 +798,7 @@ class StreamProcessor:
             self.stats.aborts += 1
         touched = {record.partition for record in records if record.partition in self._owned}
         for partition in touched:
-            self.stage.drop(partition)
+            self.decider.drop(partition)
             self._owned.discard(partition)
             self._pending.add(partition)
         # The consumer has moved past these records; they are processed from memory again
@@ -847,10 +820,10 @@ class StreamProcessor:
             if partition not in self._owned:
                 continue
             self._owned.discard(partition)
-            engine = self.stage.drop(partition)
+            self.decider.park(partition)
             raw = TopicPartition(self.topics.raw, partition)
             signals = TopicPartition(self.topics.signals, partition)
-            self._parked[partition] = _Parked(engine, self._next.pop(raw), self._next.pop(signals))
+            self._parked[partition] = _Parked(self._next.pop(raw), self._next.pop(signals))
 
     def _restore_pending(self) -> None:
         if not self._pending:
@@ -869,7 +842,7 @@ class StreamProcessor:
             parked = self._parked.pop(partition, None)
             if parked is not None and (parked.raw_next, parked.signals_next) == (raw_start, signals_start):
                 # Nobody processed this partition since we gave it up: our state is current.
-                self.stage.engines[partition] = parked.stage_engine
+                self.decider.unpark(partition)
                 self.stats.reused += 1
             else:
                 self._rebuild(partition, raw_committed, raw_start, signals_start)
@@ -883,16 +856,17 @@ class StreamProcessor:
 
     def _rebuild(self, partition: int, raw_committed: int | None, raw_start: int, signals_start: int) -> None:
         """State of ``partition`` as of the committed offsets: latest checkpoint plus replay."""
-        self.stage.drop(partition)
+        decider = self.decider
+        decider.drop(partition)
         self.stats.restores += 1
         if raw_committed is None:
-            self.stage.engine(partition)  # the group never processed this partition: fresh state
+            decider.fresh(partition)  # the group never processed this partition: fresh state
             return
         reader = self._reader_consumer()
         raw = TopicPartition(self.topics.raw, partition)
         checkpoint = self._read_checkpoint(partition)
         if checkpoint is not None and checkpoint.raw_offset <= raw_start:
-            self.stage.restore(partition, checkpoint.state)
+            decider.restore(partition, checkpoint.state)
             replay_from = checkpoint.raw_offset
             if checkpoint.signals_offset != signals_start:
                 log.warning(
@@ -905,27 +879,13 @@ class StreamProcessor:
                 log.warning("partition %d: checkpoint at raw offset %d is ahead of the committed offset %d (offsets reset?); rebuilding from the log", partition, checkpoint.raw_offset, raw_start)
             if replay_from > 0:
                 log.warning("partition %d: no usable checkpoint and the log starts at %d (older records expired); the state is rebuilt from what remains", partition, replay_from)
-            self.stage.engine(partition)
+            decider.fresh(partition)
         replayed = 0
-        counters = replace(self.stage.counters)  # a replay decides again, but is not new work
-        for record in read_range(reader, raw, replay_from, raw_start):
-            self._replay(record)
-            replayed += 1
-        self.stage.counters = counters
+        for chunk in in_chunks(read_range(reader, raw, replay_from, raw_start), 1000):
+            decider.replay(chunk)
+            replayed += len(chunk)
         self.stats.replayed += replayed
         log.info("partition %d restored: checkpoint %s, %d records replayed up to offset %d", partition, checkpoint.generation if checkpoint else "none", replayed, raw_start)
-
-    def _replay(self, record: Record) -> None:
-        """Re-apply an already committed record to the state; its outputs exist already."""
-        meta = RecordMeta(record.topic, record.partition, record.offset, record.timestamp_ms, record.key)
-        decoded = message_or_dead_letter(record)
-        if isinstance(decoded, DeadLetter):
-            return
-        try:
-            validate(meta, decoded, self._partitions)
-            self.stage.decide(meta, decoded)
-        except Exception as exc:  # it failed the same way live, and was dead-lettered then
-            log.debug("replay of %s failed again: %s", meta.source, exc)
 
     def _read_checkpoint(self, partition: int) -> Checkpoint | None:
         reader = self._reader_consumer()
@@ -951,17 +911,20 @@ class StreamProcessor:
         """Take whatever stage 2 published since the last batch (never waits)."""
         if self._table is None:
             return
+        entries: list[tuple[str, Any]] = []
         while True:
             records = self._table.consume(1000, 0.0)
             for record in records:
                 if record.value is None:
                     continue  # a tombstone: nothing to forget (resources are never deleted)
+                source = f"{config.RESOURCE_LEDGER} record at {record.partition}/{record.offset}"
                 try:
-                    self.ledger_table.apply(json.loads(record.value))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("ignoring a %s record at %s/%d: %s", config.RESOURCE_LEDGER, record.partition, record.offset, exc)
+                    entries.append((source, json.loads(record.value)))
+                except ValueError as exc:
+                    log.warning("ignoring a %s: %s", source, exc)
             if len(records) < 1000:
-                return
+                break
+        self.decider.apply_table(entries)
 
     # ------------------------------------------------------------------ clients
 
@@ -1004,7 +967,7 @@ class StreamProcessor:
         return int(description.partitions)
 
     def _sync_counters(self) -> None:
-        counters = self.stage.counters
+        counters = self.decider.counters
         self.stats.decisions = counters.decisions
         self.stats.duplicates = counters.duplicates
         self.stats.signals = counters.signals
@@ -1015,18 +978,6 @@ class StreamProcessor:
         if now >= self._next_stats:
             self._next_stats = now + self.settings.stats_interval_s
             log.info("stage 1 %s: %s", self.instance_id, self.stats.summary())
-
-
-def message_or_dead_letter(record: Record) -> AgentMessage | DeadLetter:
-    """The record's message (fast path), or the dead letter ``ingest.decode_record`` makes of it."""
-    try:
-        return decode_message(record.value or b"")
-    except SchemaError:
-        return decode_record(record)
-
-
-def _raise_timeout(signum: int, frame: Any) -> None:
-    raise ProcessingTimeout("processing exceeded the per-message time budget (interrupted)")
 
 
 # --------------------------------------------------------------------------- whole pipeline

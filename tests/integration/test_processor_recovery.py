@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,8 @@ def chorus(*args: str) -> subprocess.Popen[str]:
 
 def test_sigkill_mid_stream_and_restart_commit_exactly_the_uninterrupted_decisions(kafka_broker: Any) -> None:
     """Kill -9 a processor mid-stream, start it again: the committed decisions (read_committed)
-    equal an uninterrupted run's — none lost, none twice, the same trust scores."""
+    equal an uninterrupted run's — none lost, none twice, the same trust scores. The restart
+    decides in two worker processes, so their state is the checkpoints' plus the replay."""
     bus = KafkaBus(kafka_broker.bootstrap, properties={})
     messages = fleet(agents=40, messages=2500, seed=11)
     crashed, reference = Topics(f"k{uuid.uuid4().hex[:8]}-"), Topics(f"r{uuid.uuid4().hex[:8]}-")
@@ -88,7 +90,7 @@ def test_sigkill_mid_stream_and_restart_commit_exactly_the_uninterrupted_decisio
     at_kill = reader.count
     assert at_kill < len(messages), "the first run finished before it could be killed"
 
-    second = chorus(*command)
+    second = chorus(*command, "--decide-workers", "2")  # rebuilt into, and decided by, worker processes
     try:
         reader.until(lambda: reader.count >= len(messages), 120, alive=lambda: _running(second))
         deadline = time.monotonic() + 30
@@ -119,13 +121,16 @@ def _running(process: subprocess.Popen[str]) -> None:
         raise AssertionError(f"processor exited with {process.returncode}: {err[-2000:]}")
 
 
-def test_a_new_owner_rebuilds_exactly_the_state_including_trust_signals(any_bus: Bus) -> None:
+@pytest.mark.parametrize("workers", [(0, 0), (2, 1)], ids=["in-thread", "decide-workers"])
+def test_a_new_owner_rebuilds_exactly_the_state_including_trust_signals(any_bus: Bus, workers: tuple[int, int]) -> None:
     """Hand every partition to another instance: checkpoint + replay give it the very same
-    state the first one had, signals (whose timing a replay cannot know) included."""
+    state the first one had, signals (whose timing a replay cannot know) included; also when
+    the instances decide in worker processes (2, then 1), whose state is checkpointed and
+    rebuilt through the pipes."""
     topics = Topics(f"h{uuid.uuid4().hex[:8]}-")
     any_bus.admin().create_topics(topics.specs(PARTITIONS))
     messages = fleet(agents=16, messages=600, seed=5)
-    settings = ProcessorSettings(batch_size=40, snapshot_every=10_000, snapshot_interval_s=3600)
+    settings = ProcessorSettings(batch_size=40, snapshot_every=10_000, snapshot_interval_s=3600, decide_workers=workers[0])
     group = f"h-{uuid.uuid4().hex[:6]}"
     first = StreamProcessor(any_bus, group, "first", topics=topics, settings=settings)
     first.start()
@@ -142,15 +147,15 @@ def test_a_new_owner_rebuilds_exactly_the_state_including_trust_signals(any_bus:
     step_until(first, lambda: first.stats.signals >= len(signals) and sum(first.stats.errors.values()) >= 1)
     produce(any_bus, topics.raw, messages[300:])  # after the last checkpoint: replayed by the next owner
     step_until(first, lambda: first.stats.records >= len(messages) + len(signals) + 1)
-    state = {p: first.stage.snapshot(p) for p in first.owned_partitions}
+    state = {p: first.decider.snapshot(p) for p in first.owned_partitions}
     assert first.stats.errors == {"decode": 1}
     first.close()
 
-    second = StreamProcessor(any_bus, group, "second", topics=topics, settings=settings)
+    second = StreamProcessor(any_bus, group, "second", topics=topics, settings=replace(settings, decide_workers=workers[1]))
     second.start()
     step_until(second, lambda: len(second.owned_partitions) == PARTITIONS)
     assert second.stats.restores == PARTITIONS and second.stats.replayed > 0
-    assert {p: second.stage.snapshot(p) for p in second.owned_partitions} == state
+    assert {p: second.decider.snapshot(p) for p in second.owned_partitions} == state
     second.close()
 
     reader = Reader(any_bus, topics)
