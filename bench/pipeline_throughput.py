@@ -2,7 +2,8 @@
 
 Usage:
     .venv/bin/python bench/pipeline_throughput.py [--messages 30000] [--rounds 3]
-        [--rate 2000] [--seconds 30] [--warm-up 5] [--batch-size 500] [--bootstrap HOST:PORT]
+        [--rate 2000] [--seconds 30] [--warm-up 5] [--batch-size 500] [--decide-workers N]
+        [--bootstrap HOST:PORT]
 
 Without --bootstrap a local Apache Kafka is started for the run (``chorus_lab.broker.LocalBroker``)
 and stopped after. Two measurements, each for both pipelines, in the same run and with the
@@ -14,10 +15,13 @@ same batching (``--batch-size`` records per transaction, the same consume wait):
   each record to an output topic; stage 1 is ``StreamProcessor`` (decode, validate, the
   prediction engine, encode the decision, checkpoints). Timed from the first record read to
   the last commit; rounds alternate which goes first; medians are shown, and stage 1 as a
-  ratio of the pass-through. Both first run once, untimed, over 2,000 messages, so the
+  ratio of the pass-through. Stage 1 runs twice per round: deciding in its own thread, and
+  with ``--decide-workers`` processes (default: one per core; ``ProcessorSettings.decide_workers``)
+  — the same single group member and transactional producer, the same batches; only the
+  CPU work of deciding is spread over more cores. ``--decide-workers 0`` skips that run. Both first run once, untimed, over 2,000 messages, so the
   broker's internal topics (offsets, transaction state) exist before round 1.
-- **Latency** at a fixed offered rate (``--rate`` msg/s for ``--seconds``): the pipeline runs
-  in its own process; the raw topic stamps records with the broker's append time
+- **Latency** at a fixed offered rate (``--rate`` msg/s for ``--seconds``), for the
+  pass-through and both stage-1 configurations: the pipeline runs in its own process; the raw topic stamps records with the broker's append time
   (``LogAppendTime``); a read_committed reader notes when each output record arrives.
   Latency = arrival − the raw record's append time, so it includes batching, processing,
   the commit and the reader's fetch. Records appended in the first ``--warm-up`` seconds
@@ -199,7 +203,8 @@ def latency(
     prefix = f"lat{uuid.uuid4().hex[:6]}-"
     topics = make_topics(bus, prefix, append_time=True)
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--bootstrap", bootstrap, "--prefix", prefix, "--batch-size", str(settings.batch_size)]
+        [sys.executable, __file__, "--serve", kind, "--bootstrap", bootstrap, "--prefix", prefix, "--batch-size", str(settings.batch_size),
+         "--decide-workers", str(settings.decide_workers)]
         + ([] if settings.global_ledger else ["--no-global-ledger"]),
         stdout=subprocess.PIPE, text=True,
     )
@@ -266,43 +271,53 @@ def raw_append_times(bus: KafkaBus, topic: str) -> dict[str, float]:
 # --------------------------------------------------------------------------- the run
 
 
-def run(bootstrap: str, count: int, rounds: int, rate: float, seconds: float, batch_size: int, warm_up: float, global_ledger: bool = True) -> None:
+def run(
+    bootstrap: str, count: int, rounds: int, rate: float, seconds: float, batch_size: int, warm_up: float, global_ledger: bool = True, workers: int = 0
+) -> None:
     bus = KafkaBus(bootstrap, properties={})
     settings = ProcessorSettings(batch_size=batch_size, snapshot_every=5000, global_ledger=global_ledger)
+    # name -> (kind, settings): the pass-through, stage 1 in its own thread, stage 1 with decide workers
+    pipelines = {"pass-through": ("passthrough", settings), "stage 1": ("stage1", settings)}
+    if workers:
+        pipelines[f"stage 1, {workers} workers"] = ("stage1", replace(settings, decide_workers=workers))
     messages = fleet(max(count, int(rate * seconds)))
     size = sum(len(encode(m)) for m in messages[:1000]) / 1000
     print(f"stage 1 vs a transactional pass-through; {os.cpu_count()} cores; batch {batch_size} records per transaction\n")
     print(f"throughput: {count} messages of ~{size:.0f} bytes, {PARTITIONS} partitions, {rounds} rounds (median)")
-    results: dict[str, list[float]] = {"pass-through": [], "stage 1": []}
+    results: dict[str, list[float]] = {name: [] for name in pipelines}
     # Untimed: a fresh broker creates its offsets and transaction-state topics on first use,
     # which slowed whichever pipeline ran first in round 1 (always the pass-through).
     warm = make_topics(bus, f"warm{uuid.uuid4().hex[:6]}-")
     load(bus, warm.raw, messages[:2000])
-    throughput_passthrough(bus, warm, 2000, settings)
-    throughput_stage1(bus, warm, 2000, settings)
+    for kind, with_settings in pipelines.values():
+        throughput(kind, bus, warm, 2000, with_settings)
     for round_number in range(rounds):
         topics = make_topics(bus, f"tp{uuid.uuid4().hex[:6]}-")
         load(bus, topics.raw, messages[:count])
-        order = ["pass-through", "stage 1"] if round_number % 2 == 0 else ["stage 1", "pass-through"]
-        for which in order:
-            measure = throughput_passthrough if which == "pass-through" else throughput_stage1
-            results[which].append(measure(bus, topics, count, settings))
-        print(f"  round {round_number + 1}: pass-through {results['pass-through'][-1]:,.0f} msg/s, stage 1 {results['stage 1'][-1]:,.0f} msg/s", file=sys.stderr)
+        order = list(pipelines) if round_number % 2 == 0 else list(reversed(pipelines))
+        for name in order:
+            kind, with_settings = pipelines[name]
+            results[name].append(throughput(kind, bus, topics, count, with_settings))
+        figures = ", ".join(f"{name} {results[name][-1]:,.0f}" for name in pipelines)
+        print(f"  round {round_number + 1} (msg/s): {figures}", file=sys.stderr)
     median = {name: statistics.median(values) for name, values in results.items()}
     for name, value in median.items():
-        print(f"  {name:14} {value:>10,.0f} msg/s")
-    print(f"  stage 1 / pass-through: {median['stage 1'] / median['pass-through']:.2f}   (goal >= 0.5)\n")
+        ratio = "" if name == "pass-through" else f"   ratio {value / median['pass-through']:.2f}  (goal >= 0.5)"
+        print(f"  {name:22} {value:>10,.0f} msg/s{ratio}")
 
-    print(f"latency at {rate:,.0f} msg/s offered for {seconds:.0f} s (append time -> committed output seen by a reader;")
+    print(f"\nlatency at {rate:,.0f} msg/s offered for {seconds:.0f} s (append time -> committed output seen by a reader;")
     print(f"steady state after {warm_up:.0f} s of warm-up)")
-    lat = {kind: latency(kind, bus, bootstrap, messages, rate, seconds, settings, warm_up) for kind in ("passthrough", "stage1")}
-    for kind, name in (("passthrough", "pass-through"), ("stage1", "stage 1")):
-        figures = lat[kind]
+    lat = {name: latency(kind, bus, bootstrap, messages, rate, seconds, with_settings, warm_up) for name, (kind, with_settings) in pipelines.items()}
+    for name, figures in lat.items():
+        ratio = "" if name == "pass-through" else f"   p99 ratio {figures['p99'] / lat['pass-through']['p99']:.2f}  (goal <= 2)"
         print(
-            f"  {name:14} p50 {figures['p50']:7.1f} ms   p99 {figures['p99']:7.1f} ms   "
-            f"(whole run incl. warm-up: p99 {figures['p99_all']:.0f} ms; {figures['received']:.0%} received)"
+            f"  {name:22} p50 {figures['p50']:7.1f} ms   p99 {figures['p99']:7.1f} ms   "
+            f"(whole run: p99 {figures['p99_all']:.0f} ms; {figures['received']:.0%} received){ratio}"
         )
-    print(f"  stage 1 p99 / pass-through p99: {lat['stage1']['p99'] / lat['passthrough']['p99']:.2f}   (goal <= 2)")
+
+
+def throughput(kind: str, bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> float:
+    return (throughput_passthrough if kind == "passthrough" else throughput_stage1)(bus, topics, count, settings)
 
 
 def main() -> int:
@@ -317,16 +332,20 @@ def main() -> int:
     parser.add_argument("--serve", choices=["stage1", "passthrough"], help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--no-global-ledger", action="store_true", help="stage 1 without the global ledger table reader (for comparison)")
+    parser.add_argument("--decide-workers", type=int, default=os.cpu_count() or 1,
+                        help="also run stage 1 with this many decide worker processes (default: one per core; 0: only the in-thread run)")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.bootstrap, args.prefix, ProcessorSettings(batch_size=args.batch_size, global_ledger=not args.no_global_ledger))
+        settings = ProcessorSettings(batch_size=args.batch_size, global_ledger=not args.no_global_ledger, decide_workers=args.decide_workers)
+        serve(args.serve, args.bootstrap, args.prefix, settings)
         return 0
+    figures = (args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up, not args.no_global_ledger, args.decide_workers)
     if args.bootstrap:
-        run(args.bootstrap, args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up, not args.no_global_ledger)
+        run(args.bootstrap, *figures)
         return 0
     install(progress=lambda text: print(text, file=sys.stderr))
     with tempfile.TemporaryDirectory() as folder, LocalBroker(BrokerConfig(data_dir=Path(folder))) as broker:
-        run(broker.info.bootstrap, args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up, not args.no_global_ledger)
+        run(broker.info.bootstrap, *figures)
     return 0
 
 

@@ -8,7 +8,9 @@ member, so an agent's messages and the signals about it meet in one engine). Per
    until the batch is committed, so a slow broker slows reading, never memory);
 2. run each record through :class:`~chorus_lab.pipeline.Stage1`, in memory: its decision
    and alerts, or its dead letter for ``agent-messages-errors``; then a checkpoint of each
-   partition that needs one, for the compacted ``chorus-snapshots`` topic;
+   partition that needs one, for the compacted ``chorus-snapshots`` topic. A *decider*
+   (:mod:`chorus_lab.stage1_deciders`) does this CPU work: in this thread, or in
+   ``ProcessorSettings.decide_workers`` processes that own the partitions' state;
 3. ``begin_transaction``, produce all of it, ``send_offsets_to_transaction`` (the next
    offset of every partition read) and ``commit_transaction``: outputs, checkpoints and
    input offsets become visible together (consumers read ``read_committed``), or not at all.

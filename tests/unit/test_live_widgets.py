@@ -137,8 +137,12 @@ def test_a_dashboard_whose_page_went_away_detaches_and_stops_the_session(fleet_b
     session.tick_s = 0.1
     dash = OperatorDashboard(session, heartbeat_s=0.1, orphan_after_s=1.5)
     try:
-        plays = set()
-        wait_for(lambda: plays.add(dash.heartbeat.playing) or plays == {True, False}, "the heartbeat to be re-armed (off, then on)")
+        # Every change of `playing` is recorded as it happens: polling could miss a short "off"
+        # on a busy machine, and once the session stops nothing re-arms the heartbeat.
+        plays: set[bool] = set()
+        dash.heartbeat.observe(lambda change: plays.add(change["new"]), names="playing")
+        plays.add(dash.heartbeat.playing)
+        wait_for(lambda: plays == {True, False}, "the heartbeat to be re-armed (off, then on)")
         ticking_until = time.monotonic() + 2.5  # longer than orphan_after_s: ticks keep it attached
         while time.monotonic() < ticking_until:  # a page ticking the Play widget, as its front end does
             dash.heartbeat.value += 1
