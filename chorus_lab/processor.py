@@ -511,7 +511,6 @@ class StreamProcessor:
             self._table = self._open_ledger_table(admin)
         decide = DecideSettings(
             raw_topic=self.topics.raw,
-            signals_topic=self.topics.signals,
             decisions_topic=self.topics.decisions,
             alerts_topic=self.topics.alerts,
             partitions=self._partitions,

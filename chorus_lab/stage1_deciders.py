@@ -12,9 +12,11 @@ between, and a *decider* does it:
   the state of its partitions. A batch goes out to every worker at once and comes back
   in its original order, so the outputs, the audit chain and the committed state are
   exactly those of a local decider: only the CPU work runs on more cores. Python runs
-  one thread at a time per process, and one process decides ~7,000 messages a second
-  (``bench/pipeline_throughput.py``), so this is how one group member uses more of a
-  machine than a core; more members (``process --autoscale``) is how a fleet does.
+  one thread at a time per process, and one process decides ~8,000–10,000 messages a
+  second on a 2-core VM (``bench/pipeline_throughput.py``), so this is how one group
+  member uses more of a machine than a core; more members (``process --autoscale``) is
+  how a fleet does. It pays when a batch spans partitions, as live traffic does; a
+  backlog arrives a partition at a time (docs/processor.md, *Deciding on more cores*).
 
 Both answer the same calls: :meth:`~LocalDecider.decide` a batch, and the partition-state
 calls the shell makes on assignment, rebalance and recovery (snapshot, restore, fresh,
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import pickle
 import signal
 import time
 import traceback
@@ -73,7 +76,7 @@ class DecideSettings:
     """What a decider needs besides the records (picklable: workers get a copy)."""
 
     raw_topic: str
-    signals_topic: str
+    """Records of other topics are trust signals (``chorus-trust-signals``)."""
     decisions_topic: str
     alerts_topic: str
     partitions: int
@@ -292,8 +295,6 @@ def _process_letter(exc: BaseException, meta: RecordMeta, record: Record) -> Dea
     return DeadLetter.from_exception(exc, stage="process", source=meta.source, value=record.value, key=record.key)
 
 
-
-
 # --------------------------------------------------------------------------- in worker processes
 
 
@@ -316,7 +317,13 @@ class WorkerDecider:
         for index in range(workers):
             ours, theirs = context.Pipe()
             process = context.Process(target=_serve, args=(theirs, settings), name=f"chorus-stage1-decide-{index}", daemon=True)
-            process.start()
+            try:
+                process.start()  # pickles the settings, the predictor included
+            except (TypeError, AttributeError, pickle.PicklingError) as exc:
+                ours.close()
+                theirs.close()
+                self.close()  # the workers started before this one
+                raise ValueError(f"decide workers get a copy of the predictor and engine config, which must be picklable: {exc}") from exc
             theirs.close()
             self._connections.append(ours)
             self._processes.append(process)

@@ -86,3 +86,15 @@ def test_a_worker_that_dies_stops_the_processor_with_a_clear_error(tmp_path: Pat
 def test_decide_workers_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="decide_workers must be 0"):
         ProcessorSettings(decide_workers=-1)
+
+
+def test_a_predictor_that_cannot_be_pickled_is_refused_by_name() -> None:
+    from chorus_lab.engine import EngineConfig, LedgerPredictor
+    from chorus_lab.stage1_deciders import DecideSettings, WorkerDecider
+
+    class Local(LedgerPredictor):  # defined in a function: pickle cannot find it again
+        pass
+
+    settings = DecideSettings("raw", "decisions", "alerts", 6, 2.0, "i", EngineConfig(), predictor=Local())
+    with pytest.raises(ValueError, match="must be picklable"):
+        WorkerDecider(settings, 1)
