@@ -18,8 +18,13 @@ same batching (``--batch-size`` records per transaction, the same consume wait):
   ratio of the pass-through. Stage 1 runs twice per round: deciding in its own thread, and
   with ``--decide-workers`` processes (default: one per core; ``ProcessorSettings.decide_workers``)
   — the same single group member and transactional producer, the same batches; only the
-  CPU work of deciding is spread over more cores. ``--decide-workers 0`` skips that run. Both first run once, untimed, over 2,000 messages, so the
-  broker's internal topics (offsets, transaction state) exist before round 1.
+  CPU work of deciding is spread over more cores. ``--decide-workers 0`` skips that run.
+  Next to each rate: the machine's CPU time per message while it ran (every core's busy
+  time from ``/proc/stat``, the broker's included), the cores that kept busy, and the
+  share the hypervisor gave to other machines (steal): they tell a pipeline that waits
+  from one short of cores, and a quiet run from a crowded one. All first run once,
+  untimed, over 2,000 messages, so the broker's internal topics (offsets, transaction
+  state) exist before round 1.
 - **Latency** at a fixed offered rate (``--rate`` msg/s for ``--seconds``), for the
   pass-through and both stage-1 configurations: the pipeline runs in its own process; the raw topic stamps records with the broker's append time
   (``LogAppendTime``); a read_committed reader notes when each output record arrives.
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import statistics
@@ -46,7 +52,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -94,19 +100,53 @@ def load(bus: KafkaBus, topic: str, messages: list[AgentMessage]) -> None:
 # --------------------------------------------------------------------------- the two pipelines
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """``(busy, stolen)``: CPU seconds since boot that this machine's cores were busy (Linux
+    ``/proc/stat``: user, nice, system, irq, softirq; every process counted: the broker, the
+    bench, its workers and anything else running), and that the hypervisor gave to other
+    machines while this one wanted them (steal). NaNs where there is no ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:9]]
+    except OSError:
+        return math.nan, math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
 class FirstRead:
     """Wraps a consumer to note when the first records arrive (the group join is not timed)."""
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
         self.at: float | None = None
+        self.cpu_at = (math.nan, math.nan)
         self.original = consumer.consume
 
     def __call__(self, max_messages: int = 500, timeout: float = 1.0) -> list[Record]:
         records = self.original(max_messages, timeout)
         if records and self.at is None:
             self.at = time.perf_counter()
+            self.cpu_at = machine_cpu_s()
         return records
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One timed run: messages per second, and the machine's CPU time per message meanwhile."""
+
+    rate: float
+    cpu_us: float
+    stolen: float
+    """The share of the run's cores × seconds that the hypervisor gave to other machines."""
+
+
+def timed_run(count: int, first: FirstRead) -> Throughput:
+    """The run that ``first`` saw begin, ending now, over ``count`` messages."""
+    elapsed = time.perf_counter() - (first.at or 0)
+    busy, stolen = (now - then for now, then in zip(machine_cpu_s(), first.cpu_at, strict=True))
+    return Throughput(count / elapsed, busy / count * 1e6, stolen / (elapsed * (os.cpu_count() or 1)))
 
 
 class PassThrough:
@@ -148,27 +188,27 @@ class PassThrough:
         self.producer.close()
 
 
-def throughput_passthrough(bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> float:
+def throughput_passthrough(bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> Throughput:
     pipe = PassThrough(bus, topics, f"pass-{uuid.uuid4().hex[:6]}", settings)
     first = FirstRead(pipe.consumer)
     pipe.consumer.consume = first  # type: ignore[method-assign]
     while pipe.records < count:
         pipe.step()
-    elapsed = time.perf_counter() - (first.at or 0)
+    result = timed_run(count, first)
     pipe.close()
-    return count / elapsed
+    return result
 
 
-def throughput_stage1(bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> float:
+def throughput_stage1(bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> Throughput:
     processor = StreamProcessor(bus, f"stage1-{uuid.uuid4().hex[:6]}", "bench", topics=topics, settings=settings)
     processor.start()
     first = FirstRead(processor._consumer)  # type: ignore[arg-type]
     processor._consumer.consume = first  # type: ignore[union-attr, method-assign]
     while processor.stats.records < count:
         processor.step()
-    elapsed = time.perf_counter() - (first.at or 0)
+    result = timed_run(count, first)
     processor.close()
-    return count / elapsed
+    return result
 
 
 # --------------------------------------------------------------------------- latency
@@ -284,7 +324,7 @@ def run(
     size = sum(len(encode(m)) for m in messages[:1000]) / 1000
     print(f"stage 1 vs a transactional pass-through; {os.cpu_count()} cores; batch {batch_size} records per transaction\n")
     print(f"throughput: {count} messages of ~{size:.0f} bytes, {PARTITIONS} partitions, {rounds} rounds (median)")
-    results: dict[str, list[float]] = {name: [] for name in pipelines}
+    results: dict[str, list[Throughput]] = {name: [] for name in pipelines}
     # Untimed: a fresh broker creates its offsets and transaction-state topics on first use,
     # which slowed whichever pipeline ran first in round 1 (always the pass-through).
     warm = make_topics(bus, f"warm{uuid.uuid4().hex[:6]}-")
@@ -298,12 +338,17 @@ def run(
         for name in order:
             kind, with_settings = pipelines[name]
             results[name].append(throughput(kind, bus, topics, count, with_settings))
-        figures = ", ".join(f"{name} {results[name][-1]:,.0f}" for name in pipelines)
+        figures = ", ".join(f"{name} {results[name][-1].rate:,.0f}" for name in pipelines)
         print(f"  round {round_number + 1} (msg/s): {figures}", file=sys.stderr)
-    median = {name: statistics.median(values) for name, values in results.items()}
+    median = {name: statistics.median(run.rate for run in runs) for name, runs in results.items()}
+    cpu = {name: statistics.median(run.cpu_us for run in runs) for name, runs in results.items()}
+    stolen = {name: max(run.stolen for run in runs) for name, runs in results.items()}
     for name, value in median.items():
         ratio = "" if name == "pass-through" else f"   ratio {value / median['pass-through']:.2f}  (goal >= 0.5)"
-        print(f"  {name:22} {value:>10,.0f} msg/s{ratio}")
+        cores = cpu[name] * value / 1e6
+        print(f"  {name:22} {value:>10,.0f} msg/s   CPU {cpu[name]:4.0f} us/msg, {cores:.1f} of {os.cpu_count()} cores, stolen <= {stolen[name]:.0%}{ratio}")
+    print("  (CPU: every core's busy time while the pipeline ran, the broker's included; stolen: the")
+    print("  most of the cores' time the hypervisor gave elsewhere in any round)")
 
     print(f"\nlatency at {rate:,.0f} msg/s offered for {seconds:.0f} s (append time -> committed output seen by a reader;")
     print(f"steady state after {warm_up:.0f} s of warm-up)")
@@ -316,7 +361,7 @@ def run(
         )
 
 
-def throughput(kind: str, bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> float:
+def throughput(kind: str, bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> Throughput:
     return (throughput_passthrough if kind == "passthrough" else throughput_stage1)(bus, topics, count, settings)
 
 

@@ -10,10 +10,14 @@ fleet's messages through an ``AgentClient``, the way agents do.
 downloaded) in a fresh browser context. Every request to a host other than 127.0.0.1 is
 blocked and recorded; a test fails at teardown if its pages tried to reach one.
 A missing Chromium is an error naming the fix, never a skip (CI fails on skips).
+
+A page that does not render in time fails with what it shows and its console; a failing
+test that used ``live_stack`` also reports the end of Voila's log (tokens redacted).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +45,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failing test that used ``live_stack`` reports the end of Voila's log with it."""
+    report: pytest.TestReport = yield
+    stack = getattr(item, "funcargs", {}).get("live_stack")
+    if report.failed and isinstance(stack, LiveStack):
+        report.sections.append(("voila log (last 60 lines)", stack.log_tail(60)))
+    return report
+
+
+def redacted(text: str) -> str:
+    """``text`` without token values (``token=…`` in URLs, ``"token": "…"`` in JSON)."""
+    return re.sub(r"(token[\"']?\s*[=:]\s*[\"']?)[\w.~-]+", r"\1<redacted>", text, flags=re.IGNORECASE)
+
+
 @dataclass
 class LiveStack:
     """The running pieces of one end-to-end module."""
@@ -49,12 +68,18 @@ class LiveStack:
     server: DashboardServer
     spool: Path
     failures: list[BaseException]
+    log_path: Path
     sent: int = 0
     _fleets: int = field(default=0, repr=False)
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    def log_tail(self, lines: int) -> str:
+        """The last ``lines`` of Voila's log, tokens redacted."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
+        return redacted("\n".join(text.splitlines()[-lines:]))
 
     def feed(self, messages: int, *, agents: int = 24, scenarios: dict[str, int] | None = None) -> int:
         """Send a fresh simulated fleet (same agent ids, new seed, event time now); return how many."""
@@ -124,10 +149,11 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
 
     thread = threading.Thread(target=pipeline, name="e2e-pipeline", daemon=True)
     thread.start()
-    log = (root / "voila.log").open("wb")
+    log_path = root / "voila.log"
+    log = log_path.open("wb", buffering=0)  # unbuffered: a failing test reads it while Voila writes
     server = DashboardServer(DashboardSettings(bus_url, port=free_loopback_port()), log=log)
     server.start()
-    stack = LiveStack(bus_url, server, root / "spool", failures)
+    stack = LiveStack(bus_url, server, root / "spool", failures, log_path)
     try:
         yield stack
     finally:
@@ -158,17 +184,29 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def open_page(browser: object) -> Iterator[Callable[..., object]]:
     """Open ``url`` in a fresh context (its own cookies); outside requests are blocked and counted."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     outside: list[str] = []
     contexts: list[object] = []
 
     def open_(url: str, *, wait_for_state: bool = True) -> object:
+        __tracebackhide__ = True  # its locals hold the URL's token
         context = browser.new_context(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
         contexts.append(context)
         loopback_only(context, outside)
         page = context.new_page()
+        console: list[str] = []
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}") if not message.text.startswith(BENIGN_CONSOLE) else None)
+        page.on("pageerror", lambda error: console.append(f"page error: {error}"))
         page.goto(url)
         if wait_for_state:
-            wait_rendered(page)
+            try:
+                wait_rendered(page)
+            except PlaywrightTimeoutError as exc:
+                shows = page.evaluate(SHOWS_JS)
+                raise AssertionError(
+                    redacted(f"the page did not render: {exc}\nit shows: {shows}\nits console (last 30):\n" + "\n".join(console[-30:]))
+                ) from None
         return page
 
     yield open_
@@ -181,6 +219,20 @@ def open_page(browser: object) -> Iterator[Callable[..., object]]:
 
 COUNTS_JS = "() => { const e = document.querySelector('.chorus-state .chorus-counts'); return e ? Object.fromEntries(Object.entries(e.dataset).map(([k, v]) => [k, Number(v)])) : null }"
 TRUST_JS = "() => Object.fromEntries([...document.querySelectorAll('.chorus-trust tr[data-agent]')].map(r => [r.dataset.agent, [r.dataset.trust, r.dataset.quarantined]]))"
+
+
+BENIGN_CONSOLE = ("Unsatisfied version", "No satisfying version", "Available versions")
+"""Console lines every Voila page logs (JupyterLab's shared-module version checks), left out of failures."""
+
+SHOWS_JS = """() => ({
+    title: document.title,
+    counts: !!document.querySelector('.chorus-state .chorus-counts'),
+    trust_rows: document.querySelectorAll('.chorus-trust tr[data-agent]').length,
+    widgets: document.querySelectorAll('.custom-widget').length,
+    errors: [...document.querySelectorAll('[data-mime-type="application/vnd.jupyter.stderr"], .jp-OutputArea-output pre')].map(e => e.innerText.slice(0, 500)).slice(0, 5),
+    text: document.body ? document.body.innerText.slice(0, 500) : null,
+})"""
+"""What a page that did not render shows instead, for the failure message."""
 
 
 def wait_rendered(page: object, timeout_ms: int = FIRST_RENDER_MS) -> None:
