@@ -196,14 +196,22 @@ def open_page(browser: object) -> Iterator[Callable[..., object]]:
         loopback_only(context, outside)
         page = context.new_page()
         console: list[str] = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}") if not message.text.startswith(BENIGN_CONSOLE) else None)
+
+        def note(message: Any) -> None:
+            if not message.text.startswith(BENIGN_CONSOLE):
+                console.append(f"{message.type}: {message.text}")
+
+        page.on("console", note)
         page.on("pageerror", lambda error: console.append(f"page error: {error}"))
         page.goto(url)
         if wait_for_state:
             try:
                 wait_rendered(page)
             except PlaywrightTimeoutError as exc:
-                shows = page.evaluate(SHOWS_JS)
+                try:
+                    shows = page.evaluate(SHOWS_JS)
+                except Exception as unreadable:  # a crashed page: the timeout is still the failure
+                    shows = f"(the page could not be read: {unreadable})"
                 raise AssertionError(
                     redacted(f"the page did not render: {exc}\nit shows: {shows}\nits console (last 30):\n" + "\n".join(console[-30:]))
                 ) from None

@@ -25,7 +25,11 @@ from tests.integration.test_processor_harness import PARTITIONS, ChaosPredictor,
 from tests.strategies import agent_messages
 
 AGENTS = ["alpha-1", "beta-2", "gamma-3", "delta-4", "eps-5", "zeta-6", "eta-7", "theta-8"]
-SLOW_S = 0.35
+MESSAGE_BUDGET_S = 1.0
+"""The processor's per-message budget. Wall clock, so a loaded CI machine can stall an
+ordinary message for a few tenths of a second (a 0.2 s budget once dead-lettered one)."""
+SLOW_S = 1.5
+"""How long a ``chaos: sleep`` message takes: well over the budget."""
 EXAMPLES = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -38,7 +42,7 @@ def stage1(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         bus = KafkaBus(request.getfixturevalue("kafka_broker").bootstrap, properties={})
     running = RunningProcessor(
         bus,
-        settings=ProcessorSettings(batch_size=100, poll_timeout_s=0.02, message_timeout_s=0.2, snapshot_every=200),
+        settings=ProcessorSettings(batch_size=100, poll_timeout_s=0.02, message_timeout_s=MESSAGE_BUDGET_S, snapshot_every=200),
         predictor=ChaosPredictor(sleep_s=SLOW_S),
     )
     yield running
