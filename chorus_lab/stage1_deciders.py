@@ -12,7 +12,7 @@ between, and a *decider* does it:
   the state of its partitions. A batch goes out to every worker at once and comes back
   in its original order, so the outputs, the audit chain and the committed state are
   exactly those of a local decider: only the CPU work runs on more cores. Python runs
-  one thread at a time per process, and one process decides ~8,000–10,000 messages a
+  one thread at a time per process, and one process decides ~6,000–9,500 messages a
   second on a 2-core VM (``bench/pipeline_throughput.py``), so this is how one group
   member uses more of a machine than a core; more members (``process --autoscale``) is
   how a fleet does. It pays when a batch spans partitions, as live traffic does; a
