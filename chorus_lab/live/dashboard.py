@@ -7,7 +7,8 @@ and the whole view (:meth:`OperatorDashboard.refresh`: trust list, graph, metric
 follows at most every ``full_refresh_s``. A refresh computes its view under the session's
 lock (:mod:`~chorus_lab.live.view`, pure) and then sets the widgets' traits inside
 ``hold_sync()``, so each widget sends at most one message per refresh. All state is in
-synced traits: a page that connects late or reconnects gets the full current state.
+synced traits: a page that connects late or reconnects gets the full current state, and
+the dashboard resends all of it when a page's heartbeat starts (:meth:`OperatorDashboard.resend`).
 
 DOM hooks for browser tests (the graph is a canvas): ``chorus-state`` holds the
 ``chorus-counts`` element with ``data-nodes/edges/alerts/decisions/agents/quarantined/version``;
@@ -31,6 +32,7 @@ import threading
 import time
 from typing import Any
 
+import ipycytoscape
 import ipywidgets as w
 
 from chorus_lab.live.graph_model import DEFAULT_MAX_VISIBLE_EDGES
@@ -166,9 +168,29 @@ class OperatorDashboard(w.VBox):
     def _beat(self, _change: dict[str, Any]) -> None:
         now = time.monotonic()
         if self.last_beat is None or now - self.last_beat > 3 * self.heartbeat_s:
-            # A page (re)connected: show it the whole graph once.
+            # A page (re)connected: it may have missed updates while loading; show it the
+            # whole view, and the whole graph once.
+            self.resend()
             self.graph.fit()
         self.last_beat = now
+
+    def resend(self) -> None:
+        """Send the page the whole current state of every widget, changed or not.
+
+        Widget updates reach a page only as changes, and a page can lose some while it
+        loads: it asks the kernel for every widget's state, then registers the widgets one
+        by one, and an update sent in between finds no widget (the race of
+        voila-dashboards/voila#1101). On a quiet stream no later change would repair that
+        page, so the dashboard resends everything when a page's heartbeat starts ticking.
+        """
+        with self._refresh_lock:
+            if self._closed:
+                return
+            widgets = [widget for widget in _descendants(self) if widget is not self.heartbeat]
+            # The graph's elements before the lists that name them; the counts last, as in refresh.
+            widgets.sort(key=lambda widget: (not isinstance(widget, (ipycytoscape.Node, ipycytoscape.Edge)), widget is self.state_html))
+            for widget in widgets:
+                widget.send_state()
 
     def check_viewers(self) -> bool:
         """Keep the page's heartbeat going; detach when it stopped. Return whether still attached."""

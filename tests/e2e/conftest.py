@@ -189,7 +189,8 @@ def open_page(browser: object) -> Iterator[Callable[..., object]]:
     outside: list[str] = []
     contexts: list[object] = []
 
-    def open_(url: str, *, wait_for_state: bool = True) -> object:
+    def open_(url: str, *, wait_for_state: bool = True, kernel_route: Callable[[Any], None] | None = None) -> object:
+        """``kernel_route(ws)``, if given, handles the page's kernel WebSocket (Playwright's ``WebSocketRoute``)."""
         __tracebackhide__ = True  # its locals hold the URL's token
         context = browser.new_context(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
         contexts.append(context)
@@ -203,6 +204,8 @@ def open_page(browser: object) -> Iterator[Callable[..., object]]:
 
         page.on("console", note)
         page.on("pageerror", lambda error: console.append(f"page error: {error}"))
+        if kernel_route is not None:
+            page.route_web_socket(KERNEL_CHANNELS, kernel_route)
         page.goto(url)
         if wait_for_state:
             try:
@@ -221,6 +224,10 @@ def open_page(browser: object) -> Iterator[Callable[..., object]]:
     for context in contexts:
         context.close()
     assert not outside, f"the dashboard tried to reach the internet: {sorted(set(outside))[:5]}"
+
+
+KERNEL_CHANNELS = re.compile(r"/api/kernels/[^/?]+/channels")
+"""The URL of a page's WebSocket to its kernel (Jupyter Server)."""
 
 
 # --------------------------------------------------------------------------- reading the page

@@ -7,6 +7,7 @@ comparison across pages), never fixed sleeps.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -83,6 +84,93 @@ def test_live_updates_arrive_without_a_reload(stack: LiveStack, open_page: Any) 
         timeout=LIVE_MS,
     )
     assert page.evaluate("() => window.chorusNoReload") == "still here", "the page was reloaded"
+
+
+def kernel_message(frame: str | bytes) -> dict[str, Any]:
+    """The kernel message in one WebSocket frame: JSON text, or Jupyter Server's binary v1
+    protocol (a part count, the parts' offsets, then channel, header, parent header, metadata,
+    content and buffers; all integers 8-byte little-endian)."""
+    if isinstance(frame, str):
+        return json.loads(frame)  # type: ignore[no-any-return]
+    count = int.from_bytes(frame[:8], "little")
+    offsets = [int.from_bytes(frame[8 * i:8 * (i + 1)], "little") for i in range(1, count + 1)]
+    parts = [frame[offsets[i]:offsets[i + 1]] for i in range(count - 1)]
+    return {"channel": parts[0].decode(), "header": json.loads(parts[1]), "content": json.loads(parts[4])}
+
+
+def widget_data(message: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(comm id, data) of a widget message; (None, {}) for any other kernel message."""
+    if message.get("header", {}).get("msg_type") != "comm_msg":
+        return None, {}
+    content = message.get("content", {})
+    return content.get("comm_id"), content.get("data", {})
+
+
+class UpdatesLostWhileLoading:
+    """A page's kernel WebSocket that loses the kernel's widget updates while the page loads.
+
+    What Voila's loading race does to a page: the page asks the kernel for every widget's
+    state, then registers the widgets' models one by one; an update the kernel sends in
+    between finds no model and is dropped (voila-dashboards/voila#1101 describes the race).
+    Here the page "loads" until :meth:`finish_loading`: meanwhile every widget update from
+    the kernel is dropped, except the heartbeat's (the kernel must be able to start it), and
+    the heartbeat's ticks are held back, so the kernel cannot tell the page is there yet.
+    """
+
+    def __init__(self) -> None:
+        self.heartbeat_id: str | None = None
+        self.loading = True
+        self.dropped = 0
+        self.last_drop = 0.0
+
+    def finish_loading(self) -> None:
+        self.loading = False
+
+    def __call__(self, page_side: Any) -> None:
+        kernel_side = page_side.connect_to_server()
+
+        def from_page(frame: str | bytes) -> None:
+            comm_id, data = widget_data(kernel_message(frame))
+            if self.loading and comm_id is not None and comm_id == self.heartbeat_id and data.get("method") == "update":
+                return
+            kernel_side.send(frame)
+
+        def from_kernel(frame: str | bytes) -> None:
+            comm_id, data = widget_data(kernel_message(frame))
+            if data.get("method") == "update_states":
+                self.heartbeat_id = next((i for i, s in data["states"].items() if s["model_name"] == "PlayModel"), None)
+            elif self.loading and data.get("method") in ("update", "echo_update") and comm_id != self.heartbeat_id:
+                self.dropped += 1
+                self.last_drop = time.monotonic()
+                return
+            page_side.send(frame)
+
+        page_side.on_message(from_page)
+        kernel_side.on_message(from_kernel)
+
+
+def wait_until(page: Any, condition: Any, what: str, timeout_s: float = LIVE_MS / 1000) -> None:
+    """Poll ``condition()`` (state Playwright's handlers update: they run while the page waits)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        page.wait_for_timeout(100)
+
+
+def test_a_page_that_lost_updates_while_loading_gets_the_whole_view(stack: LiveStack, open_page: Any) -> None:
+    stack.wait_pipeline_idle()
+    lossy = UpdatesLostWhileLoading()
+    page = open_page(stack.url, kernel_route=lossy, wait_for_state=False)
+    wait_until(page, lambda: lossy.heartbeat_id is not None, "the page to ask the kernel for its widgets")
+    stack.feed(300)  # the kernel shows a new fleet while the page loads, and the page loses it
+    stack.wait_pipeline_idle()
+    # Then the stream is quiet: no later change would repair the page by chance.
+    wait_until(page, lambda: lossy.dropped > 0 and time.monotonic() - lossy.last_drop > 3.0, "the kernel's updates to stop")
+    lossy.finish_loading()
+    wait_rendered(page)
+    shown, rows = wait_same_state([page, open_page(stack.url)])  # what a fresh page shows
+    assert shown["decisions"] > 0 and len(rows) == shown["agents"]
 
 
 def test_clicking_a_node_shows_that_agents_details(stack: LiveStack, open_page: Any) -> None:

@@ -6,8 +6,11 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
+import comm
 import pytest
+from comm.base_comm import BaseComm
 
 from chorus_lab.bus import Bus, open_bus
 from chorus_lab.live import LiveSession, OperatorDashboard
@@ -180,6 +183,45 @@ def test_the_graph_fits_once_then_keeps_the_viewers_zoom(fleet_bus: tuple[Bus, i
         dash.heartbeat.value += 1  # the same page ticking on: no new fit
         assert layouts == [True, False, True, False]
         assert dash.graph.cyto.cytoscape_layout["fit"] is False
+    finally:
+        dash.close()
+
+
+def test_a_page_that_lost_every_update_while_loading_gets_the_whole_view_at_its_first_tick(
+        fleet_bus: tuple[Bus, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []  # (widget id, data) of every widget message the kernel sends
+
+    class RecordingComm(BaseComm):
+        def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None, **keys: Any) -> None:
+            if msg_type == "comm_msg":
+                sent.append((self.comm_id, data))
+
+    monkeypatch.setattr(comm, "create_comm", RecordingComm)
+    bus, total = fleet_bus
+    dash = OperatorDashboard(LiveSession(bus=bus, refresh_s=0.05), max_visible_nodes=25)
+    try:
+        wait_for(lambda: counts(dash).get("version") == total, "the stream on the dashboard")
+        sent.clear()  # all of it was lost on the way to a loading page; the stream is quiet now
+        dash.heartbeat.value += 1  # the page's first tick
+        page: dict[str, dict[str, Any]] = {}  # each widget's state as the page has it now
+        updated: list[str] = []
+        for widget_id, data in sent:
+            if data.get("method") == "update":
+                page.setdefault(widget_id, {}).update(data["state"])
+                updated.append(widget_id)
+        for widget in (dash.state_html, dash.trust_html, dash.alerts_html, dash.metrics_html, dash.panel_html):
+            assert page.get(widget.model_id, {}).get("value") == widget.value, f"{widget._dom_classes} was not resent"
+        graph = dash.graph.cyto.graph
+        assert graph.nodes and page[graph.model_id]["nodes"] == [f"IPY_MODEL_{node.model_id}" for node in graph.nodes]
+        assert all(page[node.model_id]["data"] == node.data for node in graph.nodes), "every node's data is resent"
+        last = {widget_id: i for i, widget_id in enumerate(updated)}
+        elements = [element.model_id for element in (*graph.nodes, *graph.edges)]
+        assert max(last[e] for e in elements) < last[graph.model_id] < last[dash.state_html.model_id], \
+            "the elements before the graph's lists, the counts after everything they count"
+
+        sent.clear()
+        dash.heartbeat.value += 1  # the same page ticking on: nothing to repair
+        assert dash.state_html.model_id not in {widget_id for widget_id, _ in sent}
     finally:
         dash.close()
 
