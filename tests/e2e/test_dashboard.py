@@ -11,6 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -149,7 +150,7 @@ class UpdatesLostWhileLoading:
         kernel_side.on_message(from_kernel)
 
 
-def wait_until(page: Any, condition: Any, what: str, timeout_s: float = LIVE_MS / 1000) -> None:
+def wait_until(page: Any, condition: Callable[[], bool], what: str, timeout_s: float = LIVE_MS / 1000) -> None:
     """Poll ``condition()`` (state Playwright's handlers update: they run while the page waits)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
