@@ -45,7 +45,8 @@ from __future__ import annotations
 import hashlib
 import json
 import json.encoder
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -421,6 +422,9 @@ def _timestamp_text(value: datetime) -> str:
 _MESSAGE_FIELDS = frozenset(f.name for f in fields(AgentMessage))
 _MESSAGE_REQUIRED = frozenset(("agent_id", "timestamp", "message_type", "content", "target_agents", "correlation_id", "metadata"))
 _MESSAGE_TYPES = frozenset(get_args(MessageType))
+# What ``_timestamp_text`` writes; ``fromisoformat`` also reads other texts of this length
+# (a space for the T, a decimal comma, a week date), which are not.
+_CANONICAL_TIMESTAMP = re.compile(r"[1-9]\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", re.ASCII)
 
 
 def decode_message(raw: bytes) -> AgentMessage:
@@ -453,10 +457,14 @@ _DECISION_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, 
 
 
 def _well_formed_message(raw: bytes) -> AgentMessage | None:
+    global _last_sent
     if len(raw) > MAX_MESSAGE_BYTES:
         return None
-    data = _DECODER.decode(raw.decode("utf-8"))
-    if type(data) is not dict or not data.keys() <= _MESSAGE_FIELDS or not _MESSAGE_REQUIRED <= data.keys():
+    text = raw.decode("utf-8")
+    # ``decode`` also skips white space around the document with two regular expressions;
+    # text with any takes the strict decoder.
+    data, end = _DECODER.raw_decode(text)
+    if end != len(text) or type(data) is not dict or not data.keys() <= _MESSAGE_FIELDS or not _MESSAGE_REQUIRED <= data.keys():
         return None
     agent_id, timestamp, message_type = data["agent_id"], data["timestamp"], data["message_type"]
     content, targets, correlation_id, meta = data["content"], data["target_agents"], data["correlation_id"], data["metadata"]
@@ -478,9 +486,12 @@ def _well_formed_message(raw: bytes) -> AgentMessage | None:
         and 1 <= version <= SCHEMA_VERSION
     ):
         return None
+    sent = parse_timestamp(timestamp)
+    if _CANONICAL_TIMESTAMP.fullmatch(timestamp):  # already the text the decision will write
+        _last_sent = (sent, timestamp)
     return AgentMessage(
         agent_id,
-        parse_timestamp(timestamp),
+        sent,
         message_type,  # type: ignore[arg-type]  # checked against MessageType above
         content,
         targets,
@@ -504,7 +515,7 @@ def encode_decision(decision: ProcessedDecision) -> bytes:
     """
     try:
         raw = _decision_text(decision).encode()
-    except (TypeError, ValueError, UnicodeEncodeError):
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
         return encode(decision)
     if len(raw) > MAX_MESSAGE_BYTES:
         return encode(decision)  # raises the schema's size error
@@ -513,20 +524,44 @@ def encode_decision(decision: ProcessedDecision) -> bytes:
 
 # The JSON encoder's own string escaping (ensure_ascii=False); raises TypeError for a non-str.
 _string = cast(Callable[[str], str], json.encoder.encode_basestring)
-_float_text = float.__repr__
-_int_text = int.__repr__
 
 
-def _number(value: float) -> str:
-    """A number as the JSON encoder writes it; anything else (bool, NaN, infinity) raises."""
-    kind = type(value)
-    if kind is float:
-        if value - value != 0.0:  # NaN or infinity: the generic encoder raises its error
-            raise ValueError("not a finite number")
-        return _float_text(value)
-    if kind is int:
-        return _int_text(value)
-    raise TypeError(f"not a number: {value!r}")
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# ``_DECISION_ENCODER.encode(obj)`` builds this C encoder anew on every call, which was half
+# its cost for the small ``content``/``metadata`` objects. No circular-reference markers:
+# a circular object raises RecursionError instead, and the generic encoder reports it.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_OBJECT_CHUNKS: Callable[[dict[str, Any], int], Sequence[str]] | None = (
+    _c_make_encoder(None, _no_default, _string, None, ":", ",", False, False, False) if _c_make_encoder is not None else None
+)
+
+
+def _json_object(value: dict[str, Any]) -> str:
+    """``content`` or ``metadata`` as ``_DECISION_ENCODER`` writes it, when it is a plain dict with
+    string keys (``to_dict`` would turn other keys into ``str(key)``, which differs)."""
+    if type(value) is not dict:
+        raise TypeError("not a plain JSON object")
+    for key in value:
+        if type(key) is not str:
+            raise TypeError("not a plain JSON object")
+    if _OBJECT_CHUNKS is None:
+        return _DECISION_ENCODER.encode(value)
+    return "".join(_OBJECT_CHUNKS(value, 0))
+
+
+def _check_numbers(*values: float) -> None:
+    """Raise unless every value is a finite ``float`` or an ``int`` (not a bool): those are
+    written with ``repr``, exactly as the JSON encoder writes them."""
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            if value - value != 0.0:  # NaN or infinity: the generic encoder raises its error
+                raise ValueError("not a finite number")
+        elif kind is not int:
+            raise TypeError(f"not a number: {value!r}")
 
 
 def _optional_string(value: str | None) -> str:
@@ -536,7 +571,25 @@ def _optional_string(value: str | None) -> str:
 def _strings(values: list[str]) -> str:
     if type(values) is not list:
         raise TypeError("not a list")
-    return "[" + ",".join(map(_string, values)) + "]"
+    return "[" + ",".join(map(_string, values)) + "]" if values else "[]"
+
+
+# Two texts a decision usually repeats, each with the datetime it is the text of: the
+# timestamp of the message decoded last (the one being decided), and the last
+# ``received_at`` written (a batch's decisions share one). Each is read once, as a tuple,
+# because another thread may replace it meanwhile; a miss only costs the formatting.
+_last_sent: tuple[datetime | None, str] = (None, "")
+_last_received: tuple[datetime | None, str] = (None, "")
+
+
+def _received_text(value: datetime) -> str:
+    global _last_received
+    last = _last_received
+    if last[0] is value:
+        return last[1]
+    text = _timestamp_text(value)
+    _last_received = (value, text)
+    return text
 
 
 def _decision_text(d: ProcessedDecision) -> str:
@@ -545,54 +598,51 @@ def _decision_text(d: ProcessedDecision) -> str:
     action = d.intervention_action
     sent = m.timestamp
     # Timestamp texts are digits and ``-:.TZ`` only: nothing to escape.
-    sent_text = '"' + _timestamp_text(sent) + '"'
+    last_sent = _last_sent
+    sent_text = '"' + (last_sent[1] if last_sent[0] is sent else _timestamp_text(sent)) + '"'
 
     def when(value: datetime) -> str:
         # Trust and edge times are usually the message's own (the same immutable object).
         return sent_text if value is sent else '"' + _timestamp_text(value) + '"'
 
+    _check_numbers(m.schema_version, c.risk, c.confidence, t.before, t.after, t.delta, meta.partition, meta.offset, meta.latency_ms, d.schema_version)
     if action is None:
         action_text = "null"
     else:
+        _check_numbers(action.trust_score)
         action_text = (
             f'{{"action":{_string(action.action)},"agent_id":{_string(action.agent_id)},"reason":{_string(action.reason)},'
-            f'"timestamp":{when(action.timestamp)},"trust_score":{_number(action.trust_score)},'
+            f'"timestamp":{when(action.timestamp)},"trust_score":{action.trust_score!r},'
             f'"until":{"null" if action.until is None else when(action.until)},"evidence":{_strings(action.evidence)}}}'
         )
     edges = d.causal_relationships
     if type(edges) is not list:
         raise TypeError("causal_relationships is not a list")
-    edge_texts = [
-        f'{{"source_agent":{_string(e.source_agent)},"target_agent":{_string(e.target_agent)},'
-        f'"relationship_type":{_string(e.relationship_type)},"strength":{_number(e.strength)},'
-        f'"created_at":{when(e.created_at)},"last_updated":{when(e.last_updated)}}}'
-        for e in edges
-    ]
+    edge_texts = []
+    for e in edges:
+        _check_numbers(e.strength)
+        edge_texts.append(
+            f'{{"source_agent":{_string(e.source_agent)},"target_agent":{_string(e.target_agent)},'
+            f'"relationship_type":{_string(e.relationship_type)},"strength":{e.strength!r},'
+            f'"created_at":{when(e.created_at)},"last_updated":{when(e.last_updated)}}}'
+        )
     return (
         f'{{"original_message":{{"agent_id":{_string(m.agent_id)},"timestamp":{sent_text},"message_type":{_string(m.message_type)},'
-        f'"content":{_DECISION_ENCODER.encode(_object(m.content))},"target_agents":{_strings(m.target_agents)},'
-        f'"correlation_id":{_string(m.correlation_id)},"metadata":{_DECISION_ENCODER.encode(_object(m.metadata))},'
-        f'"message_id":{_string(m.message_id)},"causation_id":{_optional_string(m.causation_id)},"schema_version":{_number(m.schema_version)}}},'
-        f'"conflict_analysis":{{"risk":{_number(c.risk)},"confidence":{_number(c.confidence)},"conflict_type":{_string(c.conflict_type)},'
+        f'"content":{_json_object(m.content)},"target_agents":{_strings(m.target_agents)},'
+        f'"correlation_id":{_string(m.correlation_id)},"metadata":{_json_object(m.metadata)},'
+        f'"message_id":{_string(m.message_id)},"causation_id":{_optional_string(m.causation_id)},"schema_version":{m.schema_version!r}}},'
+        f'"conflict_analysis":{{"risk":{c.risk!r},"confidence":{c.confidence!r},"conflict_type":{_string(c.conflict_type)},'
         f'"reason":{_string(c.reason)},"resource":{_optional_string(c.resource)},"competing_agents":{_strings(c.competing_agents)},'
         f'"predictor":{_string(c.predictor)}}},'
-        f'"trust_impact":{{"agent_id":{_string(t.agent_id)},"before":{_number(t.before)},"after":{_number(t.after)},"delta":{_number(t.delta)},'
+        f'"trust_impact":{{"agent_id":{_string(t.agent_id)},"before":{t.before!r},"after":{t.after!r},"delta":{t.delta!r},'
         f'"reason":{_string(t.reason)},"timestamp":{when(t.timestamp)},"evidence":{_strings(t.evidence)}}},'
         f'"intervention_action":{action_text},'
         f'"processing_metadata":{{"instance_id":{_string(meta.instance_id)},"pipeline_version":{_string(meta.pipeline_version)},'
-        f'"topic":{_string(meta.topic)},"partition":{_number(meta.partition)},"offset":{_number(meta.offset)},'
-        f'"received_at":"{_timestamp_text(meta.received_at)}","processed_at":"{_timestamp_text(meta.processed_at)}",'
-        f'"latency_ms":{_number(meta.latency_ms)},"flags":{_strings(meta.flags)}}},'
-        f'"causal_relationships":[{",".join(edge_texts)}],"schema_version":{_number(d.schema_version)}}}'
+        f'"topic":{_string(meta.topic)},"partition":{meta.partition!r},"offset":{meta.offset!r},'
+        f'"received_at":"{_received_text(meta.received_at)}","processed_at":"{_timestamp_text(meta.processed_at)}",'
+        f'"latency_ms":{meta.latency_ms!r},"flags":{_strings(meta.flags)}}},'
+        f'"causal_relationships":[{",".join(edge_texts)}],"schema_version":{d.schema_version!r}}}'
     )
-
-
-def _object(value: dict[str, Any]) -> dict[str, Any]:
-    """``content`` and ``metadata`` go to the JSON encoder as they are when they are plain dicts
-    with string keys (``to_dict`` would turn other keys into ``str(key)``, which differs)."""
-    if type(value) is not dict or not all(type(key) is str for key in value):
-        raise TypeError("not a plain JSON object")
-    return value
 
 
 def decision_fingerprint(decision: ProcessedDecision) -> dict[str, Any]:

@@ -107,7 +107,8 @@ class AgentMessage:
         if len(self.target_agents) > MAX_TARGETS:
             raise SchemaError("target_agents", f"at most {MAX_TARGETS} targets, got {len(self.target_agents)}")
         for i, target in enumerate(self.target_agents):
-            _check_id(f"target_agents[{i}]", target)
+            if type(target) is not str or not target or len(target) > MAX_ID_LENGTH:  # name the field only when it is wrong
+                _check_id(f"target_agents[{i}]", target)
         if self.causation_id is not None:
             _check_id("causation_id", self.causation_id)
         if not self.message_id:

@@ -18,12 +18,13 @@ from chorus_lab.pipeline import (
     RecordMeta,
     Stage1,
     decision_fingerprint,
+    decode_message,
     encode_decision,
     intervention_alerts,
     validate,
     validate_signal,
 )
-from chorus_lab.schema import AgentMessage, ProcessedDecision, SchemaError, decode, encode
+from chorus_lab.schema import AgentMessage, ProcessedDecision, SchemaError, decode, encode, format_timestamp
 from tests.strategies import agent_messages
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -224,6 +225,38 @@ def test_encode_decision_is_byte_for_byte_schema_encode(message: AgentMessage, c
     assert encode_decision(decision) == encode(decision)
 
 
+timestamp_writings = st.sampled_from(
+    [
+        format_timestamp,  # the canonical text, which the decoder hands on to the encoder
+        lambda t: t.isoformat(),
+        lambda t: t.astimezone(UTC).isoformat(timespec="milliseconds"),
+        lambda t: t.isoformat(timespec="seconds"),
+        # Texts of the canonical one's length that are not it:
+        lambda t: format_timestamp(t).replace("T", " "),
+        lambda t: format_timestamp(t).replace(".", ","),
+        lambda t: "{}-W{:02d}-{}".format(*t.astimezone(UTC).isocalendar()) + format_timestamp(t)[10:],
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(message=agent_messages(), other=agent_messages(), write=timestamp_writings, decode_other_first=st.booleans())
+def test_a_decoded_message_s_decision_encodes_byte_for_byte_like_schema_encode(
+    message: AgentMessage, other: AgentMessage, write: Any, decode_other_first: bool
+) -> None:
+    # The encoder reuses the text of the timestamp decoded last when it belongs to the
+    # message it writes; any other text, or another message decoded in between, must not leak in.
+    wire = json.loads(encode(message))
+    wire["timestamp"] = write(message.timestamp)
+    decoded = decode_message(json.dumps(wire, separators=(",", ":")).encode())
+    if decode_other_first:
+        decode_message(encode(other))
+    stage = Stage1(clock=lambda: T0)
+    decision = stage.decide(RecordMeta(RAW, 0, 3, timestamp_ms=5, key=decoded.agent_id.encode()), decoded).decision
+    assert decision is not None
+    assert encode_decision(decision) == encode(decision)
+
+
 def test_encode_decision_falls_back_to_the_schema_encoder_for_odd_content() -> None:
     message = AgentMessage("a-1", T0, "broadcast", {"when": T0, "t": (1, 2)}, [], "c", {})
     decision = Stage1().decide(RecordMeta(RAW, 0, 0, key=b"a-1"), message).decision
@@ -258,7 +291,6 @@ json_texts = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(raw=json_texts)
 def test_the_fast_decoder_agrees_with_the_schema_decoder(raw: bytes) -> None:
-    from chorus_lab.pipeline import decode_message
     from chorus_lab.schema import decode_agent_message
 
     try:
