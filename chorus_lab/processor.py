@@ -70,7 +70,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -994,6 +994,7 @@ def run_pipeline(
     settings: ProcessorSettings | None = None,
     stage2: bool = True,
     stage2_group: str | None = None,
+    started: Callable[[StreamProcessor, Any], None] | None = None,
 ) -> PipelineStats:
     """Every stage in this process, wired through the bus's topics (``chorus-lab run``).
 
@@ -1003,17 +1004,26 @@ def run_pipeline(
     and writing its topics and ``chorus-trust-signals``. Both stop when ``stop`` is set,
     each after committing the batch in hand; if either fails, the other is stopped too and
     the failure is raised. ``stage2=False`` runs stage 1 alone.
+
+    ``started(stage1, stage2)``, if given, receives the two processors (stage 2 None when it
+    does not run) before they start, so that another thread can watch their ``stats``: for
+    example ``stage2.stats.held``, the decisions stage 2 read but still holds back for
+    event-time order, which it writes out only after a quiet second.
     """
     from chorus_lab.stage2_processor import DEFAULT_STAGE2_GROUP, Stage2Processor, Stage2Settings
 
     processor = StreamProcessor(bus, group_id, instance_id, topics=topics, settings=settings)
     if not stage2:
+        if started is not None:
+            started(processor, None)
         return PipelineStats(processor.run(stop), None)
     stage1_settings = processor.settings
     second = Stage2Processor(
         bus, stage2_group or DEFAULT_STAGE2_GROUP, processor.instance_id, topics=processor.topics,
         settings=Stage2Settings(partitions=stage1_settings.partitions, create_topics=stage1_settings.create_topics),
     )
+    if started is not None:
+        started(processor, second)
     failures: list[BaseException] = []
 
     def run_stage2() -> None:

@@ -69,6 +69,8 @@ class LiveStack:
     spool: Path
     failures: list[BaseException]
     log_path: Path
+    processors: dict[str, Any] = field(default_factory=dict)
+    """``stage1`` and ``stage2`` of the running pipeline (``run_pipeline``'s ``started``)."""
     sent: int = 0
     _fleets: int = field(default=0, repr=False)
 
@@ -100,11 +102,14 @@ class LiveStack:
         return len(batch)
 
     def wait_pipeline_idle(self, timeout_s: float = 120.0) -> dict[str, int]:
-        """Until stage 1 decided every raw message and no output topic grew for 3 polls 1 s apart.
+        """Until stage 1 decided every raw message, stage 2 holds no decision back, and no
+        topic grew for 3 polls 1 s apart.
 
-        That is when "the stream pauses": whatever the pages show then is final.
+        That is when "the stream pauses": whatever the pages show then is final. Quiet topics
+        alone are not enough: stage 2 writes what it held back for event-time order only
+        after a quiet second of its own, which a loaded machine can stretch past the polls.
         """
-        topics = (config.RAW, config.DECISIONS, config.ALERTS, config.GRAPH_UPDATES)
+        topics = (config.RAW, config.DECISIONS, config.ALERTS, config.GRAPH_UPDATES, config.TRUST_SIGNALS)
         deadline = time.monotonic() + timeout_s
         history: list[dict[str, int]] = []
         bus = open_bus(self.bus_url)
@@ -115,14 +120,16 @@ class LiveStack:
                     assert not self.failures, f"the pipeline failed: {self.failures[0]!r}"
                     ends = {topic: _topic_end(bus, reader, topic) for topic in topics}
                     history = [*history[-2:], ends]
-                    if len(history) == 3 and all(h == ends for h in history) and ends[config.DECISIONS] >= ends[config.RAW]:
+                    quiet = len(history) == 3 and all(h == ends for h in history)
+                    if quiet and ends[config.DECISIONS] >= ends[config.RAW] and self.processors["stage2"].stats.held == 0:
                         return ends
                     time.sleep(1.0)  # the polling interval of a condition with a deadline
             finally:
                 reader.close()
         finally:
             bus.close()
-        raise AssertionError(f"the pipeline did not go idle within {timeout_s:.0f} s: {history[-1:]}")
+        held = self.processors["stage2"].stats.held
+        raise AssertionError(f"the pipeline did not go idle within {timeout_s:.0f} s: {history[-1:]}, stage 2 holding {held} decision(s)")
 
 
 def _topic_end(bus: Any, reader: Any, topic: str) -> int:
@@ -140,20 +147,28 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     bus.admin().create_topics(config.topic_specs())
     stop = threading.Event()
     failures: list[BaseException] = []
+    processors: dict[str, Any] = {}
+    built = threading.Event()
+
+    def watch(stage1: Any, stage2: Any) -> None:
+        processors.update(stage1=stage1, stage2=stage2)
+        built.set()
 
     def pipeline() -> None:
         try:
-            run_pipeline(open_bus(bus_url), stop=stop, instance_id="e2e")
+            run_pipeline(open_bus(bus_url), stop=stop, instance_id="e2e", started=watch)
         except BaseException as exc:  # reported at teardown
             failures.append(exc)
+            built.set()
 
     thread = threading.Thread(target=pipeline, name="e2e-pipeline", daemon=True)
     thread.start()
+    assert built.wait(60) and not failures, f"the pipeline did not start: {failures[:1]!r}"
     log_path = root / "voila.log"
     log = log_path.open("wb", buffering=0)  # unbuffered: a failing test reads it while Voila writes
     server = DashboardServer(DashboardSettings(bus_url, port=free_loopback_port()), log=log)
     server.start()
-    stack = LiveStack(bus_url, server, root / "spool", failures, log_path)
+    stack = LiveStack(bus_url, server, root / "spool", failures, log_path, processors)
     try:
         yield stack
     finally:
