@@ -102,8 +102,8 @@ class LiveStack:
         return len(batch)
 
     def wait_pipeline_idle(self, timeout_s: float = 120.0) -> dict[str, int]:
-        """Until stage 1 decided every raw message, stage 2 holds no decision back, and no
-        topic grew for 3 polls 1 s apart.
+        """Until stage 1 decided every raw message, stage 2 read every decision and holds none
+        back, and no topic grew for 3 polls 1 s apart.
 
         That is when "the stream pauses": whatever the pages show then is final. Quiet topics
         alone are not enough: stage 2 writes what it held back for event-time order only
@@ -121,15 +121,18 @@ class LiveStack:
                     ends = {topic: _topic_end(bus, reader, topic) for topic in topics}
                     history = [*history[-2:], ends]
                     quiet = len(history) == 3 and all(h == ends for h in history)
-                    if quiet and ends[config.DECISIONS] >= ends[config.RAW] and self.processors["stage2"].stats.held == 0:
+                    stage2 = self.processors["stage2"].stats  # ints, safe to read from this thread
+                    if quiet and ends[config.DECISIONS] >= ends[config.RAW] and stage2.records >= ends[config.DECISIONS] and stage2.held == 0:
                         return ends
                     time.sleep(1.0)  # the polling interval of a condition with a deadline
             finally:
                 reader.close()
         finally:
             bus.close()
-        held = self.processors["stage2"].stats.held
-        raise AssertionError(f"the pipeline did not go idle within {timeout_s:.0f} s: {history[-1:]}, stage 2 holding {held} decision(s)")
+        stage2 = self.processors["stage2"].stats
+        raise AssertionError(
+            f"the pipeline did not go idle within {timeout_s:.0f} s: {history[-1:]}; stage 2 read {stage2.records} decisions and holds {stage2.held}"
+        )
 
 
 def _topic_end(bus: Any, reader: Any, topic: str) -> int:
