@@ -239,6 +239,8 @@ timestamp_writings = st.sampled_from(
 )
 
 
+# Feature: real-time-data-flow, Property 1: Message serialization round trip (a message decoded
+# from any writing of its timestamp gives a decision the fast encoder writes exactly as the schema does)
 @settings(max_examples=150, deadline=None)
 @given(message=agent_messages(), other=agent_messages(), write=timestamp_writings, decode_other_first=st.booleans())
 def test_a_decoded_message_s_decision_encodes_byte_for_byte_like_schema_encode(
