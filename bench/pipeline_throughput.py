@@ -323,7 +323,7 @@ def run(
     pipelines = {"pass-through": ("passthrough", settings), "stage 1": ("stage1", settings)}
     if workers:
         pipelines[f"stage 1, {workers} workers"] = ("stage1", replace(settings, decide_workers=workers))
-    messages = fleet(max(count, int(rate * seconds)))
+    messages = fleet(max(count, int(rate * seconds), warm_messages))
     size = sum(len(encode(m)) for m in messages[:1000]) / 1000
     print(f"stage 1 vs a transactional pass-through; {os.cpu_count()} cores; batch {batch_size} records per transaction\n")
     print(f"throughput: {count} messages of ~{size:.0f} bytes, {PARTITIONS} partitions, {rounds} rounds (median)")
