@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python bench/pipeline_throughput.py [--messages 30000] [--rounds 3]
         [--rate 2000] [--seconds 30] [--warm-up 5] [--batch-size 500] [--decide-workers N] [--warm-messages 2000]
-        [--bootstrap HOST:PORT]
+        [--broker-warm-passes 12] [--bootstrap HOST:PORT]
 
 Without --bootstrap a local Apache Kafka is started for the run (``chorus_lab.broker.LocalBroker``)
 and stopped after. Two measurements, each for both pipelines, in the same run and with the
@@ -24,9 +24,15 @@ same batching (``--batch-size`` records per transaction, the same consume wait):
   share the hypervisor gave to other machines (steal): they tell a pipeline that waits
   from one short of cores, and a quiet run from a crowded one. All first run once,
   untimed, over ``--warm-messages`` (2,000), so the broker's internal topics (offsets,
-  transaction state) exist before round 1. The broker itself keeps warming up for longer:
-  the pass-through gets faster from round to round, and on a broker that served a few
-  runs already (``--bootstrap``) it is faster still, which lowers the ratio.
+  transaction state) exist before round 1.
+- **Broker warm-up**: a fresh broker's JVM compiles its hot paths while it serves the
+  first few hundred thousand transactional records (``jstat -compiler``: ~2,000 methods
+  during the first pass of 30,000, still ~40–100 per pass after ten), and the pass-through,
+  which mostly waits on the broker, speeds up 2–3× meanwhile; stage 1, bound by its own
+  Python, much less. Timed rounds on a cold broker would flatter the ratio, so untimed
+  pass-through passes over ``--messages`` records run first, until
+  ``PLATEAU_PATIENCE`` passes in a row do not beat the best before them by more than
+  ``PLATEAU_GAIN`` (at most ``--broker-warm-passes``, 12; 0 skips this). Each pass's rate is printed.
 - **Latency** at a fixed offered rate (``--rate`` msg/s for ``--seconds``), for the
   pass-through and both stage-1 configurations: the pipeline runs in its own process; the raw topic stamps records with the broker's append time
   (``LogAppendTime``); a read_committed reader notes when each output record arrives.
@@ -68,6 +74,8 @@ from chorus_lab.schema import AgentMessage, encode  # noqa: E402
 
 PARTITIONS = 6
 PASS_OUT = "bench-passthrough-out"
+PLATEAU_GAIN = 0.10
+PLATEAU_PATIENCE = 3
 
 
 def fleet(count: int, seed: int = 7) -> list[AgentMessage]:
@@ -315,7 +323,7 @@ def raw_append_times(bus: KafkaBus, topic: str) -> dict[str, float]:
 
 def run(
     bootstrap: str, count: int, rounds: int, rate: float, seconds: float, batch_size: int, warm_up: float, global_ledger: bool = True, workers: int = 0,
-    warm_messages: int = 2000,
+    warm_messages: int = 2000, broker_warm_passes: int = 12,
 ) -> None:
     bus = KafkaBus(bootstrap, properties={})
     settings = ProcessorSettings(batch_size=batch_size, snapshot_every=5000, global_ledger=global_ledger)
@@ -334,6 +342,10 @@ def run(
     load(bus, warm.raw, messages[:warm_messages])
     for kind, with_settings in pipelines.values():
         throughput(kind, bus, warm, warm_messages, with_settings)
+    if broker_warm_passes:
+        rates = warm_broker(bus, messages[:count], settings, broker_warm_passes)
+        state = "levelled off" if plateaued(rates) else f"not levelled off within {len(rates)} passes (--broker-warm-passes)"
+        print(f"broker warm-up: {len(rates)} untimed pass-through passes, first {rates[0]:,.0f}, best {max(rates):,.0f} msg/s; {state}")
     for round_number in range(rounds):
         topics = make_topics(bus, f"tp{uuid.uuid4().hex[:6]}-")
         load(bus, topics.raw, messages[:count])
@@ -341,8 +353,8 @@ def run(
         for name in order:
             kind, with_settings = pipelines[name]
             results[name].append(throughput(kind, bus, topics, count, with_settings))
-        figures = ", ".join(f"{name} {results[name][-1].rate:,.0f}" for name in pipelines)
-        print(f"  round {round_number + 1} (msg/s): {figures}", file=sys.stderr)
+        round_rates = ", ".join(f"{name} {results[name][-1].rate:,.0f}" for name in pipelines)
+        print(f"  round {round_number + 1} (msg/s): {round_rates}", file=sys.stderr)
     median = {name: statistics.median(run.rate for run in runs) for name, runs in results.items()}
     cpu = {name: statistics.median(run.cpu_us for run in runs) for name, runs in results.items()}
     stolen = {name: max(run.stolen for run in runs) for name, runs in results.items()}
@@ -364,6 +376,30 @@ def run(
         )
 
 
+def plateaued(rates: list[float], gain: float = PLATEAU_GAIN, patience: int = PLATEAU_PATIENCE) -> bool:
+    """True when none of the last ``patience`` rates beat the best before them by more than ``gain``.
+
+    >>> plateaued([7_700, 11_100, 11_800, 13_400]), plateaued([20_700, 19_000, 19_100, 21_000])
+    (False, True)
+    """
+    if len(rates) <= patience:
+        return False
+    best_before = max(rates[:-patience])
+    return all(rate <= best_before * (1 + gain) for rate in rates[-patience:])
+
+
+def warm_broker(bus: KafkaBus, messages: list[AgentMessage], settings: ProcessorSettings, max_passes: int) -> list[float]:
+    """Untimed pass-through passes over ``messages`` (each a fresh group on one loaded topic)
+    until their rate levels off or ``max_passes`` ran; the rates, in order."""
+    topics = make_topics(bus, f"broker-warm{uuid.uuid4().hex[:6]}-")
+    load(bus, topics.raw, messages)
+    rates: list[float] = []
+    while len(rates) < max_passes and not plateaued(rates):
+        rates.append(throughput_passthrough(bus, topics, len(messages), settings).rate)
+        print(f"  broker warm-up pass {len(rates)}: pass-through {rates[-1]:,.0f} msg/s", file=sys.stderr)
+    return rates
+
+
 def throughput(kind: str, bus: KafkaBus, topics: Topics, count: int, settings: ProcessorSettings) -> Throughput:
     return (throughput_passthrough if kind == "passthrough" else throughput_stage1)(bus, topics, count, settings)
 
@@ -377,6 +413,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--warm-up", type=float, default=5.0, help="seconds left out of the steady-state latency figures")
     parser.add_argument("--warm-messages", type=int, default=2000, help="messages each pipeline reads, untimed, before round 1")
+    parser.add_argument("--broker-warm-passes", type=int, default=12,
+                        help="at most this many untimed pass-through passes until the broker's rate levels off (0: none)")
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one for the run)")
     parser.add_argument("--serve", choices=["stage1", "passthrough"], help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -384,11 +422,14 @@ def main() -> int:
     parser.add_argument("--decide-workers", type=int, default=os.cpu_count() or 1,
                         help="also run stage 1 with this many decide worker processes (default: one per core; 0: only the in-thread run)")
     args = parser.parse_args()
+    if args.broker_warm_passes < 0:
+        parser.error(f"--broker-warm-passes must be 0 or more, got {args.broker_warm_passes}")
     if args.serve:
         settings = ProcessorSettings(batch_size=args.batch_size, global_ledger=not args.no_global_ledger, decide_workers=args.decide_workers)
         serve(args.serve, args.bootstrap, args.prefix, settings)
         return 0
-    figures = (args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up, not args.no_global_ledger, args.decide_workers, args.warm_messages)
+    figures = (args.messages, args.rounds, args.rate, args.seconds, args.batch_size, args.warm_up, not args.no_global_ledger, args.decide_workers, args.warm_messages,
+               args.broker_warm_passes)
     if args.bootstrap:
         run(args.bootstrap, *figures)
         return 0
