@@ -4,6 +4,8 @@
   pandas DataFrames and the widgets;
 - :class:`OperatorDashboard` (``dashboard.py``): trust list and causal graph together,
   alert feed, metric plots and an agent panel, as one ipywidgets widget.
+- ``state_requests.py``: the lock under which the dashboard changes its widgets and the
+  kernel answers a page's request for every widget's state.
 
 The pure parts live in their own modules: ``state.py`` (folding records into the live
 state), ``lod.py`` (which nodes the graph shows), ``layout.py`` (preset positions),

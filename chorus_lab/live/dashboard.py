@@ -40,6 +40,7 @@ from chorus_lab.live.graph_view import GraphView
 from chorus_lab.live.lod import DEFAULT_MAX_VISIBLE
 from chorus_lab.live.render import SORT_KEYS
 from chorus_lab.live.session import LiveSession
+from chorus_lab.live.state_requests import WIDGETS_LOCK, answer_state_requests_under_lock
 from chorus_lab.live.view import DashboardView, ViewOptions, dashboard_view, quick_view
 
 
@@ -130,6 +131,7 @@ class OperatorDashboard(w.VBox):
             self.heartbeat,
         ])
         self.add_class("chorus-dashboard")
+        answer_state_requests_under_lock()  # before the session's thread starts changing widgets
         self._unwatch = session.watch(lambda _session: self._follow())
         self.refresh()
         if start:
@@ -266,7 +268,8 @@ class OperatorDashboard(w.VBox):
             self._history = view.history
             self.last_view = view
             widgets = (self.state_html, self.trust_html, self.alerts_html, self.metrics_html, self.panel_html, self.ack_choice)
-            with contextlib.ExitStack() as stack:
+            # Under WIDGETS_LOCK: a page asking for every widget's state gets all of this refresh or none.
+            with WIDGETS_LOCK, contextlib.ExitStack() as stack:
                 for widget in widgets:
                     stack.enter_context(widget.hold_sync())
                 self.graph.apply(view.graph, options.filters.at)
@@ -283,10 +286,11 @@ class OperatorDashboard(w.VBox):
                 return
             self._closed = True
         self._unwatch()
-        for widget in _descendants(self):
-            widget.close()
-        self.layout.close()
-        super().close()
+        with WIDGETS_LOCK:  # maybe on the consumer thread (an orphaned page): see refresh
+            for widget in _descendants(self):
+                widget.close()
+            self.layout.close()
+            super().close()
 
 
 def _descendants(root: w.Widget) -> list[w.Widget]:

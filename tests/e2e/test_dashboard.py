@@ -114,8 +114,14 @@ class UpdatesLostWhileLoading:
     state, then registers the widgets' models one by one; an update the kernel sends in
     between finds no model and is dropped (voila-dashboards/voila#1101 describes the race).
     Here the page "loads" until :meth:`finish_loading`: meanwhile every widget update from
-    the kernel is dropped, except the heartbeat's (the kernel must be able to start it), and
-    the heartbeat's ticks are held back, so the kernel cannot tell the page is there yet.
+    the kernel is dropped, except the heartbeat's (the kernel must be able to start it) and
+    the answers to the page's own requests, and the heartbeat's ticks are held back, so the
+    kernel cannot tell the page is there yet.
+
+    The page asks for the states with one ``request_states``; if the kernel does not answer
+    within 4 s it asks widget by widget (``request_state``), and each answer is an ``update``
+    carrying the widget's whole state. Both ways are handled, and :meth:`report` says which
+    one the page took and what the kernel wrote to stderr, for a test that times out.
     """
 
     def __init__(self) -> None:
@@ -123,9 +129,16 @@ class UpdatesLostWhileLoading:
         self.loading = True
         self.dropped = 0
         self.last_drop = 0.0
+        self.answers = {"update_states": 0, "whole widget states": 0}
+        """Answers to the page's requests while it loads: one update_states, or one whole state per widget."""
+        self.kernel_stderr: list[str] = []
 
     def finish_loading(self) -> None:
         self.loading = False
+
+    def report(self) -> str:
+        return (f"answers to the page's requests: {self.answers}; updates dropped: {self.dropped}; "
+                f"kernel stderr: {''.join(self.kernel_stderr)[-2000:] or '(none)'}")
 
     def __call__(self, page_side: Any) -> None:
         kernel_side = page_side.connect_to_server()
@@ -137,9 +150,20 @@ class UpdatesLostWhileLoading:
             kernel_side.send(frame)
 
         def from_kernel(frame: str | bytes) -> None:
-            comm_id, data = widget_data(kernel_message(frame))
+            message = kernel_message(frame)
+            if message["header"].get("msg_type") == "stream" and message["content"].get("name") == "stderr":
+                self.kernel_stderr.append(message["content"].get("text", ""))
+            comm_id, data = widget_data(message)
+            # Only a widget's whole state names its model: an answer to request_state (or the
+            # dashboard's resend, which waits for the heartbeat's ticks held back here).
+            whole_state = data.get("state", {}).get("_model_name")
             if data.get("method") == "update_states":
+                self.answers["update_states"] += int(self.loading)
                 self.heartbeat_id = next((i for i, s in data["states"].items() if s["model_name"] == "PlayModel"), None)
+            elif data.get("method") == "update" and whole_state is not None:
+                self.answers["whole widget states"] += int(self.loading)
+                if whole_state == "PlayModel":
+                    self.heartbeat_id = comm_id
             elif self.loading and data.get("method") in ("update", "echo_update") and comm_id != self.heartbeat_id:
                 self.dropped += 1
                 self.last_drop = time.monotonic()
@@ -150,12 +174,14 @@ class UpdatesLostWhileLoading:
         kernel_side.on_message(from_kernel)
 
 
-def wait_until(page: Any, condition: Callable[[], bool], what: str, timeout_s: float = LIVE_MS / 1000) -> None:
-    """Poll ``condition()`` (state Playwright's handlers update: they run while the page waits)."""
+def wait_until(page: Any, condition: Callable[[], bool], what: str, timeout_s: float = LIVE_MS / 1000,
+               details: Callable[[], str] = lambda: "") -> None:
+    """Poll ``condition()`` (state Playwright's handlers update: they run while the page waits);
+    a timeout names ``what`` and adds ``details()``."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}. {details()}")
         page.wait_for_timeout(100)
 
 
@@ -163,11 +189,12 @@ def test_a_page_that_lost_updates_while_loading_gets_the_whole_view(stack: LiveS
     stack.wait_pipeline_idle()
     lossy = UpdatesLostWhileLoading()
     page = open_page(stack.url, kernel_route=lossy, wait_for_state=False)
-    wait_until(page, lambda: lossy.heartbeat_id is not None, "the page to ask the kernel for its widgets")
+    wait_until(page, lambda: lossy.heartbeat_id is not None, "the page to ask the kernel for its widgets", details=lossy.report)
     stack.feed(300)  # the kernel shows a new fleet while the page loads, and the page loses it
     stack.wait_pipeline_idle()
     # Then the stream is quiet: no later change would repair the page by chance.
-    wait_until(page, lambda: lossy.dropped > 0 and time.monotonic() - lossy.last_drop > 3.0, "the kernel's updates to stop")
+    wait_until(page, lambda: lossy.dropped > 0 and time.monotonic() - lossy.last_drop > 3.0, "the kernel's updates to stop",
+               details=lossy.report)
     lossy.finish_loading()
     wait_rendered(page)
     shown, rows = wait_same_state([page, open_page(stack.url)])  # what a fresh page shows

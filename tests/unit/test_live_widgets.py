@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -15,6 +16,7 @@ from comm.base_comm import BaseComm
 from chorus_lab.bus import Bus, open_bus
 from chorus_lab.live import LiveSession, OperatorDashboard
 from chorus_lab.live.feed import create_live_topics, pipeline_records, produce_records
+from chorus_lab.live.state_requests import CONTROL_TARGET
 from chorus_lab.live.render import TrustRow, alerts_html, sort_trust_rows, trust_table_html
 from chorus_lab.simulate import SimulationConfig, simulate
 
@@ -224,6 +226,48 @@ def test_a_page_that_lost_every_update_while_loading_gets_the_whole_view_at_its_
         assert dash.state_html.model_id not in {widget_id for widget_id, _ in sent}
     finally:
         dash.close()
+
+
+def test_a_pages_request_for_every_widget_state_is_answered_with_whole_refreshes_while_the_graph_grows(
+        fleet_bus: tuple[Bus, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipywidgets import Widget
+
+    answers: list[dict[str, Any]] = []  # every update_states the kernel sends
+
+    class RecordingComm(BaseComm):
+        def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None, **keys: Any) -> None:
+            if msg_type == "comm_msg" and data.get("method") == "update_states":
+                answers.append(data)
+
+    monkeypatch.setattr(comm, "create_comm", RecordingComm)
+    monkeypatch.setattr(Widget, "_control_comm", None)
+    bus, total = fleet_bus
+    dash = OperatorDashboard(LiveSession(bus=bus, refresh_s=0.01), max_visible_nodes=60, start=False)
+    control = RecordingComm(target_name=CONTROL_TARGET)
+    # What the kernel does when a page opens its control comm.
+    comm.get_comm_manager().targets[CONTROL_TARGET](control, {"metadata": {"version": "1.0.0"}})
+    failures: list[str] = []
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # let the consumer thread interleave with the answers as often as it can
+    try:
+        dash.session.start()
+        deadline = time.monotonic() + 60
+        while counts(dash).get("version") != total and time.monotonic() < deadline:
+            try:  # the page's request, handled where the kernel handles it: this (main) thread
+                control.handle_msg({"content": {"data": {"method": "request_states"}}})
+            except RuntimeError as exc:
+                failures.append(str(exc))
+    finally:
+        sys.setswitchinterval(switch_interval)
+        dash.close()
+    assert counts(dash).get("version") == total, "the dashboard did not show the stream"
+    assert not failures, f"{len(failures)} of {len(answers) + len(failures)} answers failed: {failures[:3]}"
+    assert len(answers) > 10
+    grown = [a for a in answers if sum(s["model_name"] == "NodeModel" for s in a["states"].values()) > 0]
+    assert grown, "no answer saw the graph's nodes"
+    for answer in answers:
+        named = set(re.findall(r"IPY_MODEL_(\w+)", repr(answer["states"])))
+        assert named <= set(answer["states"]), f"an answer names widgets it does not describe: {sorted(named - set(answer['states']))[:3]}"
 
 
 def test_closing_the_dashboard_closes_every_widget_it_made(fleet_bus: tuple[Bus, int]) -> None:
