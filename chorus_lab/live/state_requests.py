@@ -11,6 +11,8 @@ list naming an element closed a moment later).
 
 So live views change their widgets while holding :data:`WIDGETS_LOCK`, and
 :func:`answer_state_requests_under_lock` makes the kernel answer under the same lock.
+It wraps ipywidgets 8's own handler (``Widget._handle_control_comm_msg``, a private name;
+ipywidgets is pinned below 9, and ``tests/unit/test_live_widgets.py`` fails if it moves).
 
 >>> answer_state_requests_under_lock()
 >>> import comm
