@@ -16,8 +16,8 @@ from comm.base_comm import BaseComm
 from chorus_lab.bus import Bus, open_bus
 from chorus_lab.live import LiveSession, OperatorDashboard
 from chorus_lab.live.feed import create_live_topics, pipeline_records, produce_records
-from chorus_lab.live.state_requests import CONTROL_TARGET
 from chorus_lab.live.render import TrustRow, alerts_html, sort_trust_rows, trust_table_html
+from chorus_lab.live.state_requests import CONTROL_TARGET
 from chorus_lab.simulate import SimulationConfig, simulate
 
 COUNTS = re.compile(r'data-(\w+)="(\d+)"')
