@@ -9,7 +9,7 @@ changed size during iteration", the page waits 4 s, then falls back to asking wi
 widget. Even when the answer does not fail, it can describe half a refresh (a graph
 list naming an element closed a moment later).
 
-So live views change their widgets while holding :data:`WIDGETS_LOCK`, and
+So the dashboard applies its refreshes while holding :data:`WIDGETS_LOCK`, and
 :func:`answer_state_requests_under_lock` makes the kernel answer under the same lock.
 It wraps ipywidgets 8's own handler (``Widget._handle_control_comm_msg``, a private name;
 ipywidgets is pinned below 9, and ``tests/unit/test_live_widgets.py`` fails if it moves).
@@ -32,8 +32,10 @@ CONTROL_TARGET = "jupyter.widget.control"
 """The comm target of a page's requests for every widget's state (ipywidgets 8)."""
 
 WIDGETS_LOCK = threading.RLock()
-"""Held while a live view creates, changes or closes widgets, and while the kernel
-answers a page's request for every widget's state."""
+"""Held while the dashboard applies a whole refresh (which creates and closes graph
+elements) or closes its widgets, and while the kernel answers a page's request for every
+widget's state. Updates that only set traits of existing widgets (the alert feed, the
+resend) do not need it: they do not change the collection the answer iterates over."""
 
 
 def answer_state_requests_under_lock() -> None:
