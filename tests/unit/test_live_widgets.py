@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import comm
@@ -15,7 +17,7 @@ from comm.base_comm import BaseComm
 
 from chorus_lab.bus import Bus, open_bus
 from chorus_lab.live import LiveSession, OperatorDashboard
-from chorus_lab.live.feed import create_live_topics, pipeline_records, produce_records
+from chorus_lab.live.feed import OutRecord, create_live_topics, pipeline_records, produce_records
 from chorus_lab.live.render import TrustRow, alerts_html, sort_trust_rows, trust_table_html
 from chorus_lab.live.state_requests import CONTROL_TARGET
 from chorus_lab.simulate import SimulationConfig, simulate
@@ -32,12 +34,18 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) ->
         time.sleep(0.02)
 
 
+@functools.cache
+def fleet_records() -> tuple[OutRecord, ...]:
+    """The pipeline's outputs for a simulated fleet of 60 agents."""
+    sim = simulate(SimulationConfig(agents=60, messages=2500, seed=9))
+    return tuple(pipeline_records(sim.messages, finish=sim.messages[-1].timestamp + timedelta(seconds=20)))
+
+
 @pytest.fixture(scope="module")
 def fleet_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Bus, int]]:
     bus = open_bus(f"embedded://{tmp_path_factory.mktemp('widgets')}/bus")
     create_live_topics(bus)
-    sim = simulate(SimulationConfig(agents=60, messages=2500, seed=9))
-    records = list(pipeline_records(sim.messages, finish=sim.messages[-1].timestamp + timedelta(seconds=20)))
+    records = fleet_records()
     produce_records(bus, records)
     yield bus, len(records)
     bus.close()
@@ -229,7 +237,7 @@ def test_a_page_that_lost_every_update_while_loading_gets_the_whole_view_at_its_
 
 
 def test_a_pages_request_for_every_widget_state_is_answered_with_whole_refreshes_while_the_graph_grows(
-        fleet_bus: tuple[Bus, int], monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ipywidgets import Widget
 
     answers: list[dict[str, Any]] = []  # every update_states the kernel sends
@@ -241,33 +249,50 @@ def test_a_pages_request_for_every_widget_state_is_answered_with_whole_refreshes
 
     monkeypatch.setattr(comm, "create_comm", RecordingComm)
     monkeypatch.setattr(Widget, "_control_comm", None)
-    bus, total = fleet_bus
-    dash = OperatorDashboard(LiveSession(bus=bus, refresh_s=0.01), max_visible_nodes=60, start=False)
+    bus = open_bus(f"embedded://{tmp_path}/bus")
+    create_live_topics(bus)
+    records = fleet_records()
+    dash = OperatorDashboard(LiveSession(bus=bus, refresh_s=0.01), max_visible_nodes=60)
     control = RecordingComm(target_name=CONTROL_TARGET)
     # What the kernel does when a page opens its control comm.
     comm.get_comm_manager().targets[CONTROL_TARGET](control, {"metadata": {"version": "1.0.0"}})
     failures: list[str] = []
+
+    def ask() -> None:  # the page's request, handled where the kernel handles it: this (main) thread
+        try:
+            control.handle_msg({"content": {"data": {"method": "request_states"}}})
+        except RuntimeError as exc:
+            failures.append(str(exc))
+
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # let the consumer thread interleave with the answers as often as it can
     try:
-        dash.session.start()
+        # The stream arrives in 40 parts, a request after each, so the requests are spread
+        # over the graph's growth however fast or slow this machine answers them.
+        part = -(-len(records) // 40)
+        for start in range(0, len(records), part):
+            produce_records(bus, records[start:start + part])
+            ask()
         deadline = time.monotonic() + 60
-        while counts(dash).get("version") != total and time.monotonic() < deadline:
-            try:  # the page's request, handled where the kernel handles it: this (main) thread
-                control.handle_msg({"content": {"data": {"method": "request_states"}}})
-            except RuntimeError as exc:
-                failures.append(str(exc))
+        while counts(dash).get("version") != len(records) and time.monotonic() < deadline:
+            ask()
     finally:
         sys.setswitchinterval(switch_interval)
         dash.close()
-    assert counts(dash).get("version") == total, "the dashboard did not show the stream"
+        bus.close()
+    assert counts(dash).get("version") == len(records), "the dashboard did not show the stream"
     assert not failures, f"{len(failures)} of {len(answers) + len(failures)} answers failed: {failures[:3]}"
-    assert len(answers) > 10
-    grown = [a for a in answers if sum(s["model_name"] == "NodeModel" for s in a["states"].values()) > 0]
-    assert grown, "no answer saw the graph's nodes"
+    sizes = [graph_size(answer) for answer in answers]
+    assert set(sizes) - {(0, 0), sizes[-1]}, f"no answer met the graph part-grown: {sorted(set(sizes))}"
     for answer in answers:
         named = set(re.findall(r"IPY_MODEL_(\w+)", repr(answer["states"])))
         assert named <= set(answer["states"]), f"an answer names widgets it does not describe: {sorted(named - set(answer['states']))[:3]}"
+
+
+def graph_size(answer: dict[str, Any]) -> tuple[int, int]:
+    """How many graph nodes and edges an answer to ``request_states`` describes."""
+    models = [state["model_name"] for state in answer["states"].values()]
+    return models.count("NodeModel"), models.count("EdgeModel")
 
 
 def test_closing_the_dashboard_closes_every_widget_it_made(fleet_bus: tuple[Bus, int]) -> None:
