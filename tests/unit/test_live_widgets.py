@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 import sys
 import time
@@ -269,7 +270,7 @@ def test_a_pages_request_for_every_widget_state_is_answered_with_whole_refreshes
     try:
         # The stream arrives in 40 parts, a request after each, so the requests are spread
         # over the graph's growth however fast or slow this machine answers them.
-        part = -(-len(records) // 40)
+        part = math.ceil(len(records) / 40)
         for start in range(0, len(records), part):
             produce_records(bus, records[start:start + part])
             ask()
